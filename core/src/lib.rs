@@ -1,0 +1,25 @@
+//! `spur-core`: Spur's pure domain model.
+//!
+//! What lives here: the formats users and peers depend on (the
+//! NetworkAttachmentDefinition config of Spur networks, the Pod network
+//! selection and network-status annotations, the IPPool custom resource,
+//! `spur-agent.conf` and `spur-controller.conf`), their validation with
+//! errors that name the object, key and value, and the math behind
+//! addresses (allocatable sets of pools, NodeIPAM CIDR carving).
+//!
+//! What does not: any I/O, async runtime, Kubernetes client, netlink or
+//! OVSDB access. Those live in the agent (`spur-node`), the controller and
+//! the CNI plugin, which call into this crate for every decision.
+
+pub mod cni;
+pub mod config;
+pub mod error;
+pub mod ippool;
+pub mod names;
+pub mod nad;
+pub mod nodeipam;
+pub mod pool;
+pub mod selection;
+pub mod status;
+
+pub use error::{Invalid, Kind, Subject};
