@@ -5,11 +5,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .ok_or("usage: gen-crds DIRECTORY")?,
-    );
+    let dir = PathBuf::from(std::env::args().nth(1).ok_or("usage: gen-crds DIRECTORY")?);
     std::fs::create_dir_all(&dir)?;
     for (file, yaml) in spur_core::ippool::crd_manifests()? {
         let path = dir.join(file);

@@ -153,7 +153,7 @@ mod tests {
         }
         assert!("0.2.0".parse::<CniVersion>().is_err());
         assert!("1.2.0".parse::<CniVersion>().is_err());
-        assert!(CniVersion::V0_3_1.has_check() == false && CniVersion::V0_4_0.has_check());
+        assert!(!CniVersion::V0_3_1.has_check() && CniVersion::V0_4_0.has_check());
         assert!(CniVersion::V1_1_0.has_status_and_gc() && !CniVersion::V1_0_0.has_status_and_gc());
     }
 }

@@ -151,14 +151,14 @@ impl Subject {
                 .copied()
                 .collect::<Vec<_>>()
                 .join(".");
-            return self.error(
-                Kind::Unsupported,
-                key,
-                None,
-                format!("unknown key ({msg})"),
-            );
+            return self.error(Kind::Unsupported, key, None, format!("unknown key ({msg})"));
         }
-        self.error(Kind::Decode, what, None, format!("cannot be decoded: {msg}"))
+        self.error(
+            Kind::Decode,
+            what,
+            None,
+            format!("cannot be decoded: {msg}"),
+        )
     }
 }
 

@@ -216,7 +216,13 @@ impl PoolLayout {
             ));
         }
         let subnet = IpNet::new(gateway, si.prefix_length)
-            .map_err(|e| obj.invalid("spec.subnetInfo.prefixLength", si.prefix_length, e.to_string()))?
+            .map_err(|e| {
+                obj.invalid(
+                    "spec.subnetInfo.prefixLength",
+                    si.prefix_length,
+                    e.to_string(),
+                )
+            })?
             .trunc();
         check_gateway_is_host(&obj, family, gateway, &subnet)?;
         let vlan = si.vlan.unwrap_or(0);
@@ -582,11 +588,7 @@ fn parse_exclude(obj: &Subject, i: usize, text: &str, family: Family) -> Result<
     }
     let ip = parse_ip(obj, key.clone(), t, family).map_err(|e| {
         if e.reason == "not an IP address" {
-            obj.invalid(
-                key,
-                quoted(text),
-                "not an address, an a..b range or a CIDR",
-            )
+            obj.invalid(key, quoted(text), "not an address, an a..b range or a CIDR")
         } else {
             e
         }
@@ -604,7 +606,8 @@ fn with_value(mut e: Invalid, whole: &str, part: &str) -> Invalid {
 /// `(file name, YAML)` pairs; `deploy/crds/` holds them committed.
 pub fn crd_manifests() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
     use kube::CustomResourceExt;
-    let header = "# Generated from the Rust types in core/src/ippool.rs by `make crds`; do not edit.\n";
+    let header =
+        "# Generated from the Rust types in core/src/ippool.rs by `make crds`; do not edit.\n";
     Ok(vec![(
         "spur.dev_ippools.yaml",
         format!("{header}{}", serde_yaml::to_string(&IPPool::crd())?),
@@ -674,7 +677,10 @@ mod tests {
         assert!(!p.contains(ip("10.10.1.64")));
         assert!(p.contains(ip("10.10.1.120")));
         assert_eq!(p.nth(0), Some(ip("10.10.1.2")));
-        assert_eq!(p.interface_address(ip("10.10.1.2")).unwrap().to_string(), "10.10.1.2/24");
+        assert_eq!(
+            p.interface_address(ip("10.10.1.2")).unwrap().to_string(),
+            "10.10.1.2/24"
+        );
         assert_eq!(
             describe_allocatable(&p, 10),
             "10.10.1.2-10.10.1.6, 10.10.1.8-10.10.1.9, 10.10.1.21-10.10.1.31, \
@@ -684,8 +690,11 @@ mod tests {
 
     #[test]
     fn ipv4_broadcast_is_skipped_only_when_the_mask_equals_the_prefix() {
-        let p = PoolLayout::from_spec("a", &spec(vec![IpRange::cidr("10.0.0.0/24")], "10.0.0.1", 24, &[]))
-            .unwrap();
+        let p = PoolLayout::from_spec(
+            "a",
+            &spec(vec![IpRange::cidr("10.0.0.0/24")], "10.0.0.1", 24, &[]),
+        )
+        .unwrap();
         assert_eq!(p.size(), 256 - 3);
         assert!(!p.contains(ip("10.0.0.255")));
         let p6 = PoolLayout::from_spec(
@@ -701,35 +710,139 @@ mod tests {
     fn ipv6_slash_64_pool() {
         let p = PoolLayout::from_spec(
             "v6",
-            &spec(vec![IpRange::cidr("fd00:10:1::/64")], "fd00:10:1::1", 64, &["fd00:10:1::100/120"]),
+            &spec(
+                vec![IpRange::cidr("fd00:10:1::/64")],
+                "fd00:10:1::1",
+                64,
+                &["fd00:10:1::100/120"],
+            ),
         )
         .unwrap();
         assert_eq!(p.size(), (1u128 << 64) - 2 - 256);
         assert_eq!(p.nth(0), Some(ip("fd00:10:1::2")));
-        assert_eq!(p.nth(p.size() - 1), Some(ip("fd00:10:1::ffff:ffff:ffff:ffff")));
+        assert_eq!(
+            p.nth(p.size() - 1),
+            Some(ip("fd00:10:1::ffff:ffff:ffff:ffff"))
+        );
         assert!(!p.contains(ip("fd00:10:1::1ff")));
-        assert_eq!(PoolUsage::new(p.size(), 3), PoolUsage { total: i64::MAX, used: 3 });
+        assert_eq!(
+            PoolUsage::new(p.size(), 3),
+            PoolUsage {
+                total: i64::MAX,
+                used: 3
+            }
+        );
     }
 
     #[test]
     fn error_messages() {
         let cases: Vec<(&str, IPPoolSpec)> = vec![
-            ("bad-gateway", spec(vec![IpRange::cidr("10.0.0.0/24")], "10.0.0.300", 24, &[])),
-            ("bad-prefix", spec(vec![IpRange::cidr("10.0.0.0/24")], "10.0.0.1", 33, &[])),
-            ("gateway-is-network", spec(vec![IpRange::cidr("10.0.0.0/24")], "10.0.0.0", 24, &[])),
-            ("gateway-is-broadcast", spec(vec![IpRange::cidr("10.0.0.0/24")], "10.0.0.255", 24, &[])),
+            (
+                "bad-gateway",
+                spec(vec![IpRange::cidr("10.0.0.0/24")], "10.0.0.300", 24, &[]),
+            ),
+            (
+                "bad-prefix",
+                spec(vec![IpRange::cidr("10.0.0.0/24")], "10.0.0.1", 33, &[]),
+            ),
+            (
+                "gateway-is-network",
+                spec(vec![IpRange::cidr("10.0.0.0/24")], "10.0.0.0", 24, &[]),
+            ),
+            (
+                "gateway-is-broadcast",
+                spec(vec![IpRange::cidr("10.0.0.0/24")], "10.0.0.255", 24, &[]),
+            ),
             ("no-ranges", spec(vec![], "10.0.0.1", 24, &[])),
-            ("bad-cidr", spec(vec![IpRange::cidr("10.0.0.0/40")], "10.0.0.1", 24, &[])),
-            ("host-bits", spec(vec![IpRange::cidr("10.0.0.5/26")], "10.0.0.1", 24, &[])),
-            ("outside", spec(vec![IpRange::cidr("10.0.1.0/26")], "10.0.0.1", 24, &[])),
-            ("mixed-family", spec(vec![IpRange::cidr("fd00::/64")], "10.0.0.1", 24, &[])),
-            ("reversed", spec(vec![IpRange::start_end("10.0.0.20", "10.0.0.10")], "10.0.0.1", 24, &[])),
-            ("half-range", spec(vec![IpRange { start: Some("10.0.0.2".into()), ..Default::default() }], "10.0.0.1", 24, &[])),
-            ("both-forms", spec(vec![IpRange { cidr: Some("10.0.0.0/26".into()), start: Some("10.0.0.2".into()), end: None }], "10.0.0.1", 24, &[])),
-            ("overlap", spec(vec![IpRange::cidr("10.0.0.0/26"), IpRange::start_end("10.0.0.60", "10.0.0.70")], "10.0.0.1", 24, &[])),
-            ("bad-exclude", spec(vec![IpRange::cidr("10.0.0.0/24")], "10.0.0.1", 24, &["10.0.0.x"])),
-            ("reversed-exclude", spec(vec![IpRange::cidr("10.0.0.0/24")], "10.0.0.1", 24, &["10.0.0.9..10.0.0.3"])),
-            ("v6-exclude", spec(vec![IpRange::cidr("10.0.0.0/24")], "10.0.0.1", 24, &["fd00::1..fd00::5"])),
+            (
+                "bad-cidr",
+                spec(vec![IpRange::cidr("10.0.0.0/40")], "10.0.0.1", 24, &[]),
+            ),
+            (
+                "host-bits",
+                spec(vec![IpRange::cidr("10.0.0.5/26")], "10.0.0.1", 24, &[]),
+            ),
+            (
+                "outside",
+                spec(vec![IpRange::cidr("10.0.1.0/26")], "10.0.0.1", 24, &[]),
+            ),
+            (
+                "mixed-family",
+                spec(vec![IpRange::cidr("fd00::/64")], "10.0.0.1", 24, &[]),
+            ),
+            (
+                "reversed",
+                spec(
+                    vec![IpRange::start_end("10.0.0.20", "10.0.0.10")],
+                    "10.0.0.1",
+                    24,
+                    &[],
+                ),
+            ),
+            (
+                "half-range",
+                spec(
+                    vec![IpRange {
+                        start: Some("10.0.0.2".into()),
+                        ..Default::default()
+                    }],
+                    "10.0.0.1",
+                    24,
+                    &[],
+                ),
+            ),
+            (
+                "both-forms",
+                spec(
+                    vec![IpRange {
+                        cidr: Some("10.0.0.0/26".into()),
+                        start: Some("10.0.0.2".into()),
+                        end: None,
+                    }],
+                    "10.0.0.1",
+                    24,
+                    &[],
+                ),
+            ),
+            (
+                "overlap",
+                spec(
+                    vec![
+                        IpRange::cidr("10.0.0.0/26"),
+                        IpRange::start_end("10.0.0.60", "10.0.0.70"),
+                    ],
+                    "10.0.0.1",
+                    24,
+                    &[],
+                ),
+            ),
+            (
+                "bad-exclude",
+                spec(
+                    vec![IpRange::cidr("10.0.0.0/24")],
+                    "10.0.0.1",
+                    24,
+                    &["10.0.0.x"],
+                ),
+            ),
+            (
+                "reversed-exclude",
+                spec(
+                    vec![IpRange::cidr("10.0.0.0/24")],
+                    "10.0.0.1",
+                    24,
+                    &["10.0.0.9..10.0.0.3"],
+                ),
+            ),
+            (
+                "v6-exclude",
+                spec(
+                    vec![IpRange::cidr("10.0.0.0/24")],
+                    "10.0.0.1",
+                    24,
+                    &["fd00::1..fd00::5"],
+                ),
+            ),
         ];
         let mut out = String::new();
         for (name, s) in &cases {
@@ -745,13 +858,26 @@ mod tests {
 
     #[test]
     fn overlap_across_pools_names_the_other_pool() {
-        let a = PoolLayout::from_spec("vlan100-ipv4", &spec(vec![IpRange::cidr("10.10.1.0/24")], "10.10.1.1", 24, &[])).unwrap();
-        let b = PoolLayout::from_spec(
-            "overlapping-pool",
-            &spec(vec![IpRange::start_end("10.10.1.200", "10.10.1.210")], "10.10.1.1", 24, &[]),
+        let a = PoolLayout::from_spec(
+            "vlan100-ipv4",
+            &spec(vec![IpRange::cidr("10.10.1.0/24")], "10.10.1.1", 24, &[]),
         )
         .unwrap();
-        let c = PoolLayout::from_spec("v6", &spec(vec![IpRange::cidr("fd00::/64")], "fd00::1", 64, &[])).unwrap();
+        let b = PoolLayout::from_spec(
+            "overlapping-pool",
+            &spec(
+                vec![IpRange::start_end("10.10.1.200", "10.10.1.210")],
+                "10.10.1.1",
+                24,
+                &[],
+            ),
+        )
+        .unwrap();
+        let c = PoolLayout::from_spec(
+            "v6",
+            &spec(vec![IpRange::cidr("fd00::/64")], "fd00::1", 64, &[]),
+        )
+        .unwrap();
         let e = b.check_no_overlap([&a, &c]).unwrap_err();
         assert_eq!(e.kind, Kind::Conflict);
         insta::assert_snapshot!(e.to_string(), @"IPPool overlapping-pool: spec.ipRanges[0] = \"10.10.1.200-10.10.1.210\": overlaps 10.10.1.0/24 (spec.ipRanges[0].cidr) of IPPool vlan100-ipv4");
@@ -765,7 +891,9 @@ mod tests {
     fn updates_while_in_use() {
         let old = spec(vec![IpRange::cidr("10.0.0.0/26")], "10.0.0.1", 24, &[]);
         let mut grown = old.clone();
-        grown.ip_ranges.push(IpRange::start_end("10.0.0.100", "10.0.0.110"));
+        grown
+            .ip_ranges
+            .push(IpRange::start_end("10.0.0.100", "10.0.0.110"));
         grown.exclude.push("10.0.0.5".into());
         assert!(validate_update("p", &old, &grown, true).is_ok());
 
@@ -809,7 +937,10 @@ status:
 "#;
         let pool: IPPool = serde_yaml::from_str(yaml).unwrap();
         assert_eq!(pool.spec.subnet_info.vlan, Some(100));
-        assert_eq!(pool.status.as_ref().unwrap().usage, Some(PoolUsage { total: 82, used: 3 }));
+        assert_eq!(
+            pool.status.as_ref().unwrap().usage,
+            Some(PoolUsage { total: 82, used: 3 })
+        );
         let layout = PoolLayout::from_pool(&pool).unwrap();
         assert_eq!(layout.vlan, 100);
         let again: IPPool = serde_yaml::from_str(&serde_yaml::to_string(&pool).unwrap()).unwrap();
@@ -840,7 +971,10 @@ status:
         out.remove(&u32::from(gw));
         for x in &spec.exclude {
             let (lo, hi) = if let Some((a, b)) = x.split_once("..") {
-                (a.parse::<std::net::Ipv4Addr>().unwrap().into(), b.parse::<std::net::Ipv4Addr>().unwrap().into())
+                (
+                    a.parse::<std::net::Ipv4Addr>().unwrap().into(),
+                    b.parse::<std::net::Ipv4Addr>().unwrap().into(),
+                )
             } else if x.contains('/') {
                 let n: ipnet::Ipv4Net = x.parse().unwrap();
                 (u32::from(n.network()), u32::from(n.broadcast()))
@@ -866,7 +1000,10 @@ status:
             (0u32..1024, 0u32..40).prop_map(|(a, n)| {
                 let lo = 0x0a00_0000 + a;
                 let hi = (lo + n).min(0x0a00_03ff);
-                IpRange::start_end(std::net::Ipv4Addr::from(lo).to_string(), std::net::Ipv4Addr::from(hi).to_string())
+                IpRange::start_end(
+                    std::net::Ipv4Addr::from(lo).to_string(),
+                    std::net::Ipv4Addr::from(hi).to_string(),
+                )
             }),
         ];
         let exclude = prop_oneof![
@@ -874,9 +1011,14 @@ status:
             (0u32..1024, 0u32..20).prop_map(|(a, n)| {
                 let lo = 0x0a00_0000 + a;
                 let hi = (lo + n).min(0x0a00_03ff);
-                format!("{}..{}", std::net::Ipv4Addr::from(lo), std::net::Ipv4Addr::from(hi))
+                format!(
+                    "{}..{}",
+                    std::net::Ipv4Addr::from(lo),
+                    std::net::Ipv4Addr::from(hi)
+                )
             }),
-            (0u32..64).prop_map(|a| format!("{}/28", std::net::Ipv4Addr::from(0x0a00_0000 + a * 16))),
+            (0u32..64)
+                .prop_map(|a| format!("{}/28", std::net::Ipv4Addr::from(0x0a00_0000 + a * 16))),
         ];
         (
             prop::collection::vec(range, 1..5),

@@ -182,10 +182,26 @@ mod tests {
 
     #[test]
     fn interface_names() {
-        for ok in ["eth1", "net1", "eth200", "a", "x".repeat(15).as_str(), "br-secondary"] {
+        for ok in [
+            "eth1",
+            "net1",
+            "eth200",
+            "a",
+            "x".repeat(15).as_str(),
+            "br-secondary",
+        ] {
             assert_eq!(ifname_problem(ok), None, "{ok}");
         }
-        for bad in ["", "x".repeat(16).as_str(), "a/b", "a:b", "a b", ".", "..", "a\tb"] {
+        for bad in [
+            "",
+            "x".repeat(16).as_str(),
+            "a/b",
+            "a:b",
+            "a b",
+            ".",
+            "..",
+            "a\tb",
+        ] {
             assert!(ifname_problem(bad).is_some(), "{bad:?}");
         }
     }
@@ -199,7 +215,10 @@ mod tests {
         assert_eq!("0a:58:0a:0a:01".parse::<Mac>(), Err(MacError::Syntax));
         assert_eq!("0a:58:0a:0a:01:05:07".parse::<Mac>(), Err(MacError::Syntax));
         assert_eq!("0a:58:0a:0a:1:05".parse::<Mac>(), Err(MacError::Syntax));
-        assert_eq!(Mac::parse_unicast("01:00:5e:00:00:01"), Err(MacError::Multicast));
+        assert_eq!(
+            Mac::parse_unicast("01:00:5e:00:00:01"),
+            Err(MacError::Multicast)
+        );
         assert_eq!(Mac::parse_unicast("00:00:00:00:00:00"), Err(MacError::Zero));
     }
 

@@ -241,7 +241,10 @@ impl AddrSet {
         }
         // The last span whose first index is <= n.
         let i = self.before.partition_point(|&b| b <= n) - 1;
-        Some(from_u128(self.family, self.spans[i].lo + (n - self.before[i])))
+        Some(from_u128(
+            self.family,
+            self.spans[i].lo + (n - self.before[i]),
+        ))
     }
 
     /// The position of `ip` in the set (inverse of [`AddrSet::nth`]).
@@ -315,7 +318,10 @@ mod tests {
         let set = set.subtract([Span::single(net.network())]);
         assert_eq!(set.len(), (1u128 << 64) - 1);
         let last = set.nth((1u128 << 64) - 2).unwrap();
-        assert_eq!(last, "fd00:10::ffff:ffff:ffff:ffff".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            last,
+            "fd00:10::ffff:ffff:ffff:ffff".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(set.index_of(last), Some((1u128 << 64) - 2));
         assert!(!set.contains("fd00:10::".parse().unwrap()));
         assert!(!set.contains(v4("10.0.0.1")));
