@@ -26,7 +26,9 @@ for tool in cargo rustfmt cargo-clippy; do
 done
 
 case "$want" in
-  test) ;;
+  test)
+    need kubectl kubectl          # the embedded API server's kubectl tests
+    ;;
   demo) ;;
   *) echo "deps: unknown group '$want' (expected test or demo)" >&2; exit 2 ;;
 esac
