@@ -14,6 +14,7 @@
 pub mod cni;
 pub mod config;
 pub mod error;
+pub mod ipam;
 pub mod ippool;
 pub mod nad;
 pub mod names;

@@ -69,10 +69,16 @@ impl ApiError {
         ApiError::about(res, name, 409, "Conflict", m)
     }
 
-    /// 422: the object is invalid.
-    pub fn invalid(res: &Resource, name: &str, why: &str) -> ApiError {
-        let m = format!("{} \"{name}\" is invalid: {why}", res.kind);
-        ApiError::about(res, name, 422, "Invalid", m)
+    /// 422: the object is invalid. `field` and `why` become the Status's
+    /// `details.causes`, which kubectl prints as `* field: why`.
+    pub fn invalid(res: &Resource, name: &str, field: &str, why: &str) -> ApiError {
+        let m = format!("{} \"{name}\" is invalid: {field}: {why}", res.kind);
+        let mut e = ApiError::new(422, "Invalid", m);
+        e.details = Some(json!({
+            "name": name, "group": res.group, "kind": res.kind,
+            "causes": [{"reason": "FieldValueInvalid", "message": why, "field": field}],
+        }));
+        e
     }
 
     /// 400: the request is malformed.

@@ -543,7 +543,8 @@ impl Store {
                 return Err(ApiError::invalid(
                     res,
                     "",
-                    "metadata.name: Required value: name or generateName is required",
+                    "metadata.name",
+                    "Required value: name or generateName is required",
                 ));
             }
             loop {
@@ -558,7 +559,8 @@ impl Store {
             return Err(ApiError::invalid(
                 res,
                 &name,
-                &format!("metadata.name: Invalid value: {name:?}: {problem}"),
+                "metadata.name",
+                &format!("Invalid value: {name:?}: {problem}"),
             ));
         }
         if res.namespaced {
@@ -634,7 +636,7 @@ impl Store {
         if is_crd {
             let mut reg = self.registry.clone();
             reg.apply_crd(&obj)
-                .map_err(|m| ApiError::invalid(res, &name, &m))?;
+                .map_err(|m| ApiError::invalid(res, &name, "spec", &m))?;
             crd_established(&mut obj);
             next_registry = Some(reg);
         }
@@ -800,7 +802,7 @@ impl Store {
         if is_crd(res) {
             let mut reg = self.registry.clone();
             reg.apply_crd(&new)
-                .map_err(|m| ApiError::invalid(res, name, &m))?;
+                .map_err(|m| ApiError::invalid(res, name, "spec", &m))?;
             crd_established(&mut new);
             next_registry = Some(reg);
         }
