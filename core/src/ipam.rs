@@ -13,7 +13,7 @@
 //! the pool's spans and the claimed windows (`O(claimed + spans)`), and a
 //! window's capacity is a 64-bit mask computed from the spans that touch it.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::ippool::PoolLayout;
@@ -71,17 +71,107 @@ pub fn windows(layout: &PoolLayout) -> impl Iterator<Item = u128> + '_ {
     })
 }
 
-/// The lowest window of the pool that holds allocatable addresses and is
-/// not in `claimed`. Costs `O(claimed + spans)`, whatever the pool's size.
-pub fn first_unclaimed_window(layout: &PoolLayout, claimed: &BTreeSet<u128>) -> Option<u128> {
-    // Every window visited before the answer is a claimed one.
-    let mut claimed = claimed.iter().copied().peekable();
-    windows(layout).find(|&w| {
-        while claimed.peek().is_some_and(|&c| c < w) {
-            claimed.next();
+/// Claimed windows of a pool, kept as merged runs of consecutive windows so
+/// that finding the first unclaimed one does not walk every claimed block.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claimed {
+    /// Run start -> run end (both window bases, inclusive).
+    runs: BTreeMap<u128, u128>,
+    count: usize,
+}
+
+impl Claimed {
+    /// No window claimed.
+    pub fn new() -> Claimed {
+        Claimed::default()
+    }
+
+    /// Number of claimed windows.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when no window is claimed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The run holding window `w`, if any.
+    fn run_of(&self, w: u128) -> Option<(u128, u128)> {
+        let (&s, &e) = self.runs.range(..=w).next_back()?;
+        (w <= e).then_some((s, e))
+    }
+
+    /// True when window `w` is claimed.
+    pub fn contains(&self, w: u128) -> bool {
+        self.run_of(w).is_some()
+    }
+
+    /// Marks window `w` claimed (idempotent).
+    pub fn insert(&mut self, w: u128) {
+        if self.contains(w) {
+            return;
         }
-        claimed.peek() != Some(&w)
-    })
+        let step = BLOCK_SIZE as u128;
+        let mut start = w;
+        let mut end = w;
+        if let Some((s, e)) = w.checked_sub(step).and_then(|p| self.run_of(p)) {
+            self.runs.remove(&s);
+            start = s;
+            end = end.max(e);
+        }
+        if let Some(e) = w.checked_add(step).and_then(|n| self.runs.remove(&n)) {
+            end = e;
+        }
+        self.runs.insert(start, end);
+        self.count += 1;
+    }
+
+    /// Marks window `w` unclaimed (idempotent).
+    pub fn remove(&mut self, w: u128) {
+        let Some((s, e)) = self.run_of(w) else { return };
+        let step = BLOCK_SIZE as u128;
+        self.runs.remove(&s);
+        if s < w {
+            self.runs.insert(s, w - step);
+        }
+        if w < e {
+            self.runs.insert(w + step, e);
+        }
+        self.count -= 1;
+    }
+
+    /// Every claimed window, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u128> + '_ {
+        let step = BLOCK_SIZE as u128;
+        self.runs.iter().flat_map(move |(&s, &e)| {
+            let n = (e - s) / step + 1;
+            (0..n).map(move |i| s + i * step)
+        })
+    }
+}
+
+/// The lowest window of the pool that holds allocatable addresses and is
+/// not claimed. Costs `O(spans + runs skipped)`, whatever the pool's size
+/// and however many windows are claimed.
+pub fn first_unclaimed_window(layout: &PoolLayout, claimed: &Claimed) -> Option<u128> {
+    let step = BLOCK_SIZE as u128;
+    let mut floor: u128 = 0;
+    for s in layout.allocatable().spans() {
+        let mut w = (s.lo & !BLOCK_MASK).max(floor);
+        let last = s.hi & !BLOCK_MASK;
+        while w <= last {
+            match claimed.run_of(w) {
+                Some((_, end)) => match end.checked_add(step) {
+                    Some(next) => w = next,
+                    None => return None,
+                },
+                None => return Some(w),
+            }
+        }
+        floor = w;
+    }
+    None
 }
 
 /// How many windows of the pool hold allocatable addresses (without
@@ -142,6 +232,7 @@ mod tests {
     use super::*;
     use crate::ippool::{IPPoolSpec, IpRange, SubnetInfo};
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
     fn layout(ranges: Vec<IpRange>, gw: &str, prefix: u8, exclude: &[&str]) -> PoolLayout {
         PoolLayout::from_spec(
@@ -189,7 +280,7 @@ mod tests {
     fn windows_of_a_slash_64_are_never_enumerated() {
         let p = layout(vec![IpRange::cidr("fd00:1::/64")], "fd00:1::1", 64, &[]);
         assert_eq!(window_count(&p), 1u128 << 58);
-        let mut claimed = BTreeSet::new();
+        let mut claimed = Claimed::new();
         let first = first_unclaimed_window(&p, &claimed).unwrap();
         assert_eq!(from_u128(Family::V6, first), ip("fd00:1::"));
         claimed.insert(first);
@@ -215,7 +306,8 @@ mod tests {
             24,
             &[],
         );
-        let all: BTreeSet<u128> = windows(&p).collect();
+        let mut all = Claimed::new();
+        windows(&p).for_each(|w| all.insert(w));
         assert_eq!(all.len(), 2);
         assert_eq!(first_unclaimed_window(&p, &all), None);
     }
@@ -249,6 +341,27 @@ mod tests {
 
     proptest! {
         #[test]
+        fn claimed_runs_agree_with_a_set(ops in prop::collection::vec((any::<bool>(), 0u128..40), 0..80)) {
+            let mut claimed = Claimed::new();
+            let mut model = BTreeSet::new();
+            for (insert, slot) in ops {
+                let w = slot * BLOCK_SIZE as u128;
+                if insert {
+                    claimed.insert(w);
+                    model.insert(w);
+                } else {
+                    claimed.remove(w);
+                    model.remove(&w);
+                }
+                prop_assert_eq!(claimed.len(), model.len());
+                prop_assert_eq!(claimed.iter().collect::<Vec<_>>(), model.iter().copied().collect::<Vec<_>>());
+                for s in 0u128..42 {
+                    prop_assert_eq!(claimed.contains(s * 64), model.contains(&(s * 64)));
+                }
+            }
+        }
+
+        #[test]
         fn windows_and_masks_agree_with_enumeration(p in small_layout(), claim_every in 1usize..4) {
             // Brute force: the windows of every allocatable address.
             let brute: BTreeSet<u128> = p.allocatable().iter().map(window_of).collect();
@@ -267,8 +380,10 @@ mod tests {
             }
             prop_assert_eq!(total as u128, p.size());
             // Claim some windows; the first unclaimed is the lowest other one.
-            let claimed: BTreeSet<u128> = brute.iter().copied().step_by(claim_every).collect();
-            let expect = brute.iter().copied().find(|w| !claimed.contains(w));
+            let picked: BTreeSet<u128> = brute.iter().copied().step_by(claim_every).collect();
+            let mut claimed = Claimed::new();
+            picked.iter().for_each(|&w| claimed.insert(w));
+            let expect = brute.iter().copied().find(|w| !picked.contains(w));
             prop_assert_eq!(first_unclaimed_window(&p, &claimed), expect);
         }
     }

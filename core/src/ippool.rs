@@ -602,16 +602,26 @@ fn with_value(mut e: Invalid, whole: &str, part: &str) -> Invalid {
     e
 }
 
-/// The CRD manifests generated from the types of this module, as
+/// The CRD manifests generated from Spur's types (IPPool and IPAMBlock), as
 /// `(file name, YAML)` pairs; `deploy/crds/` holds them committed.
 pub fn crd_manifests() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
     use kube::CustomResourceExt;
     let header =
         "# Generated from the Rust types in core/src/ippool.rs by `make crds`; do not edit.\n";
-    Ok(vec![(
-        "spur.dev_ippools.yaml",
-        format!("{header}{}", serde_yaml::to_string(&IPPool::crd())?),
-    )])
+    Ok(vec![
+        (
+            "spur.dev_ippools.yaml",
+            format!("{header}{}", serde_yaml::to_string(&IPPool::crd())?),
+        ),
+        (
+            "spur.dev_ipamblocks.yaml",
+            format!(
+                "{}{}",
+                header.replace("ippool.rs", "ipamblock.rs"),
+                serde_yaml::to_string(&crate::ipamblock::IPAMBlock::crd())?
+            ),
+        ),
+    ])
 }
 
 /// Renders the allocatable set for humans: `10.10.1.1-10.10.1.62, ...`.

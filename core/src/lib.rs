@@ -11,10 +11,12 @@
 //! OVSDB access. Those live in the agent (`spur-node`), the controller and
 //! the CNI plugin, which call into this crate for every decision.
 
+pub mod allocator;
 pub mod cni;
 pub mod config;
 pub mod error;
 pub mod ipam;
+pub mod ipamblock;
 pub mod ippool;
 pub mod nad;
 pub mod names;

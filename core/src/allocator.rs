@@ -1,0 +1,698 @@
+//! The allocation decision: given a pool, the blocks of that pool as last
+//! seen, a node and an owner, which address to hand out and which single
+//! write does it. Pure and incremental: every decision costs
+//! `O(log blocks)`, whatever the pool's size and however full it is.
+//!
+//! Order of preference, for one owner and one pool:
+//! 1. the address the owner already holds (a retried ADD is idempotent);
+//! 2. a requested address: refused when another owner holds it or the pool
+//!    cannot hand it out;
+//! 3. the lowest free address of the lowest block affine to the node;
+//! 4. a new block: the lowest unclaimed window, claimed for the node by
+//!    creating it with the allocation in it (one write);
+//! 5. the lowest free address of another node's block (borrowing, only when
+//!    the pool has no unclaimed window left);
+//! 6. exhausted.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::ipam::{
+    address, capacity_mask, first_unclaimed_window, lowest_free, offset_of, window_of, Claimed,
+    BLOCK_SIZE,
+};
+use crate::ipamblock::{BlockAllocation, IPAMBlock, Owner, OwnerKey};
+use crate::ippool::PoolLayout;
+use crate::pool::{to_u128, Family};
+
+/// What the allocator knows of one block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockState {
+    /// Object name.
+    pub name: String,
+    /// The node the block is affine to.
+    pub node: String,
+    /// Offsets the pool may hand out.
+    pub capacity: u64,
+    /// Offsets held.
+    pub used: u64,
+    /// Holder of each held offset.
+    pub owners: BTreeMap<u32, Owner>,
+    /// resourceVersion of the object the state was read from.
+    pub resource_version: Option<String>,
+}
+
+impl BlockState {
+    /// True when the block can hand out another address.
+    pub fn has_free(&self) -> bool {
+        self.capacity & !self.used != 0
+    }
+}
+
+/// What to do for an allocation request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// The owner holds `ip` already. `refresh` is true when the stored
+    /// record differs from the owner given (a StatefulSet ordinal used by a
+    /// new Pod): the record should be rewritten, the address stays.
+    Held {
+        /// The address.
+        ip: IpAddr,
+        /// Window of the block.
+        base: u128,
+        /// Offset in the block.
+        offset: u32,
+        /// Whether the stored owner record is stale.
+        refresh: bool,
+    },
+    /// Add the allocation to the existing block at `base`.
+    Take {
+        /// The address.
+        ip: IpAddr,
+        /// Window of the block.
+        base: u128,
+        /// Offset in the block.
+        offset: u32,
+    },
+    /// Create the block at `base` for the node, holding this allocation.
+    Claim {
+        /// The address.
+        ip: IpAddr,
+        /// Window of the block.
+        base: u128,
+        /// Offset in the block.
+        offset: u32,
+    },
+    /// The requested address is held by another owner.
+    RequestedHeld {
+        /// The address.
+        ip: IpAddr,
+        /// Who holds it.
+        holder: Owner,
+    },
+    /// The requested address is not one the pool hands out.
+    RequestedNotInPool {
+        /// The address.
+        ip: IpAddr,
+    },
+    /// No free address is left in the pool.
+    Exhausted,
+}
+
+/// Why a block object cannot be taken into account.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    /// The block belongs to another pool.
+    #[error("IPAMBlock {block}: belongs to pool {pool:?}, not {expected:?}")]
+    WrongPool {
+        /// Block name.
+        block: String,
+        /// Its pool.
+        pool: String,
+        /// The pool it was offered to.
+        expected: String,
+    },
+    /// `spec.cidr` is not a window of this pool's family and size.
+    #[error("IPAMBlock {block}: spec.cidr = {cidr:?}: not a {family} window of 64 addresses")]
+    BadCidr {
+        /// Block name.
+        block: String,
+        /// The CIDR.
+        cidr: String,
+        /// The pool's family.
+        family: Family,
+    },
+    /// An offset outside the window.
+    #[error("IPAMBlock {block}: spec.allocations offset {offset} is outside the window (0-63)")]
+    BadOffset {
+        /// Block name.
+        block: String,
+        /// The offset.
+        offset: u32,
+    },
+    /// Two allocations of one offset.
+    #[error("IPAMBlock {block}: offset {offset} is allocated twice ({first} and {second})")]
+    DoubleAllocation {
+        /// Block name.
+        block: String,
+        /// The offset.
+        offset: u32,
+        /// First holder.
+        first: Owner,
+        /// Second holder.
+        second: Owner,
+    },
+}
+
+/// The blocks of one pool as the allocator sees them, with the indexes the
+/// decisions need.
+#[derive(Debug, Clone)]
+pub struct PoolBlocks {
+    layout: PoolLayout,
+    blocks: BTreeMap<u128, BlockState>,
+    claimed: Claimed,
+    by_owner: HashMap<OwnerKey, (u128, u32)>,
+    /// Blocks with a free address, per affine node.
+    free_by_node: HashMap<String, BTreeSet<u128>>,
+    /// Blocks with a free address.
+    free_any: BTreeSet<u128>,
+    used: u128,
+}
+
+/// The CIDR of the window at `base`.
+pub fn window_cidr(family: Family, base: u128) -> IpNet {
+    let bits = family.bits() - BLOCK_SIZE.trailing_zeros() as u8;
+    let addr = crate::pool::from_u128(family, base);
+    // `bits` is below the family's width, so this never falls back.
+    IpNet::new(addr, bits).unwrap_or_else(|_| IpNet::from(addr))
+}
+
+impl PoolBlocks {
+    /// A pool with no block yet.
+    pub fn new(layout: PoolLayout) -> PoolBlocks {
+        PoolBlocks {
+            layout,
+            blocks: BTreeMap::new(),
+            claimed: Claimed::new(),
+            by_owner: HashMap::new(),
+            free_by_node: HashMap::new(),
+            free_any: BTreeSet::new(),
+            used: 0,
+        }
+    }
+
+    /// The pool.
+    pub fn layout(&self) -> &PoolLayout {
+        &self.layout
+    }
+
+    /// Takes a changed pool into account (new ranges or excludes change
+    /// what blocks may hand out; what is held stays held).
+    pub fn set_layout(&mut self, layout: PoolLayout) {
+        self.layout = layout;
+        let bases: Vec<u128> = self.blocks.keys().copied().collect();
+        for base in bases {
+            if let Some(mut b) = self.blocks.remove(&base) {
+                self.unindex(base, &b);
+                b.capacity = capacity_mask(&self.layout, base);
+                self.index(base, &b);
+                self.blocks.insert(base, b);
+            }
+        }
+    }
+
+    /// Addresses held in the pool.
+    pub fn used(&self) -> u128 {
+        self.used
+    }
+
+    /// The blocks, by window.
+    pub fn blocks(&self) -> &BTreeMap<u128, BlockState> {
+        &self.blocks
+    }
+
+    /// The block at `base`.
+    pub fn block(&self, base: u128) -> Option<&BlockState> {
+        self.blocks.get(&base)
+    }
+
+    /// Who holds `ip`.
+    pub fn holder(&self, ip: IpAddr) -> Option<&Owner> {
+        self.blocks.get(&window_of(ip))?.owners.get(&offset_of(ip))
+    }
+
+    /// The address an owner holds in this pool, with its block and offset.
+    pub fn find(&self, key: &OwnerKey) -> Option<(IpAddr, u128, u32)> {
+        let &(base, offset) = self.by_owner.get(key)?;
+        Some((address(self.layout.family, base, offset), base, offset))
+    }
+
+    /// Every holder, in address order.
+    pub fn holders(&self) -> impl Iterator<Item = (IpAddr, &str, &Owner)> + '_ {
+        let family = self.layout.family;
+        self.blocks.iter().flat_map(move |(&base, b)| {
+            b.owners
+                .iter()
+                .map(move |(&off, o)| (address(family, base, off), b.node.as_str(), o))
+        })
+    }
+
+    /// Replaces what is known of a block with the stored object.
+    pub fn upsert_block(&mut self, block: &IPAMBlock) -> Result<u128, BlockError> {
+        let name = block.metadata.name.clone().unwrap_or_default();
+        if block.spec.pool != self.layout.name {
+            return Err(BlockError::WrongPool {
+                block: name,
+                pool: block.spec.pool.clone(),
+                expected: self.layout.name.clone(),
+            });
+        }
+        let family = self.layout.family;
+        let bad_cidr = || BlockError::BadCidr {
+            block: name.clone(),
+            cidr: block.spec.cidr.clone(),
+            family,
+        };
+        let net: IpNet = block.spec.cidr.parse().map_err(|_| bad_cidr())?;
+        let base = to_u128(net.network());
+        if Family::of_net(&net) != family || window_cidr(family, base) != net {
+            return Err(bad_cidr());
+        }
+        let mut owners = BTreeMap::new();
+        let mut used = 0u64;
+        for a in &block.spec.allocations {
+            let offset = u32::from(a.offset);
+            if offset >= BLOCK_SIZE {
+                return Err(BlockError::BadOffset {
+                    block: name,
+                    offset,
+                });
+            }
+            if let Some(first) = owners.insert(offset, a.owner.clone()) {
+                return Err(BlockError::DoubleAllocation {
+                    block: name,
+                    offset,
+                    first,
+                    second: a.owner.clone(),
+                });
+            }
+            used |= 1 << offset;
+        }
+        let state = BlockState {
+            name,
+            node: block.spec.node.clone(),
+            capacity: capacity_mask(&self.layout, base),
+            used,
+            owners,
+            resource_version: block.metadata.resource_version.clone(),
+        };
+        self.put(base, state);
+        Ok(base)
+    }
+
+    /// Replaces what is known of the block at `base`.
+    pub fn put(&mut self, base: u128, state: BlockState) {
+        if let Some(old) = self.blocks.remove(&base) {
+            self.unindex(base, &old);
+        }
+        self.index(base, &state);
+        self.blocks.insert(base, state);
+    }
+
+    /// Forgets the block at `base` (it was deleted).
+    pub fn remove(&mut self, base: u128) -> Option<BlockState> {
+        let old = self.blocks.remove(&base)?;
+        self.unindex(base, &old);
+        Some(old)
+    }
+
+    fn index(&mut self, base: u128, b: &BlockState) {
+        self.claimed.insert(base);
+        for (&off, o) in &b.owners {
+            self.by_owner.insert(o.key(), (base, off));
+        }
+        self.used += b.owners.len() as u128;
+        if b.has_free() {
+            self.free_any.insert(base);
+            self.free_by_node
+                .entry(b.node.clone())
+                .or_default()
+                .insert(base);
+        }
+    }
+
+    fn unindex(&mut self, base: u128, b: &BlockState) {
+        self.claimed.remove(base);
+        for (&off, o) in &b.owners {
+            if self.by_owner.get(&o.key()) == Some(&(base, off)) {
+                self.by_owner.remove(&o.key());
+            }
+        }
+        self.used -= b.owners.len() as u128;
+        self.free_any.remove(&base);
+        if let Some(set) = self.free_by_node.get_mut(&b.node) {
+            set.remove(&base);
+            if set.is_empty() {
+                self.free_by_node.remove(&b.node);
+            }
+        }
+    }
+
+    /// Decides how `owner` gets an address on `node`.
+    pub fn plan(&self, node: &str, owner: &Owner, requested: Option<IpAddr>) -> Plan {
+        let family = self.layout.family;
+        if let Some((ip, base, offset)) = self.find(&owner.key()) {
+            let refresh = self
+                .blocks
+                .get(&base)
+                .and_then(|b| b.owners.get(&offset))
+                .is_some_and(|stored| stored != owner);
+            if requested.is_none_or(|r| r == ip) {
+                return Plan::Held {
+                    ip,
+                    base,
+                    offset,
+                    refresh,
+                };
+            }
+            // The owner holds another address than it now asks for: the
+            // caller must release it first; report who holds the request.
+        }
+        if let Some(ip) = requested {
+            let base = window_of(ip);
+            let offset = offset_of(ip);
+            if let Some(holder) = self.blocks.get(&base).and_then(|b| b.owners.get(&offset)) {
+                return Plan::RequestedHeld {
+                    ip,
+                    holder: holder.clone(),
+                };
+            }
+            if !self.layout.contains(ip) {
+                return Plan::RequestedNotInPool { ip };
+            }
+            return if self.blocks.contains_key(&base) {
+                Plan::Take { ip, base, offset }
+            } else {
+                Plan::Claim { ip, base, offset }
+            };
+        }
+        let take = |base: u128| {
+            let b = self.blocks.get(&base)?;
+            let offset = lowest_free(b.capacity, b.used)?;
+            Some(Plan::Take {
+                ip: address(family, base, offset),
+                base,
+                offset,
+            })
+        };
+        if let Some(plan) = self
+            .free_by_node
+            .get(node)
+            .and_then(|set| set.iter().find_map(|&b| take(b)))
+        {
+            return plan;
+        }
+        if let Some(base) = first_unclaimed_window(&self.layout, &self.claimed) {
+            if let Some(offset) = lowest_free(capacity_mask(&self.layout, base), 0) {
+                return Plan::Claim {
+                    ip: address(family, base, offset),
+                    base,
+                    offset,
+                };
+            }
+        }
+        self.free_any
+            .iter()
+            .find_map(|&b| take(b))
+            .unwrap_or(Plan::Exhausted)
+    }
+
+    /// The block object after `plan` (Take or Claim) is carried out for
+    /// `owner` on `node`, or after a Held record is refreshed; `None` for
+    /// the other plans.
+    pub fn apply(&self, plan: &Plan, node: &str, owner: &Owner) -> Option<(u128, BlockState)> {
+        let (base, offset) = match *plan {
+            Plan::Take { base, offset, .. }
+            | Plan::Claim { base, offset, .. }
+            | Plan::Held {
+                base,
+                offset,
+                refresh: true,
+                ..
+            } => (base, offset),
+            _ => return None,
+        };
+        let mut b = self
+            .blocks
+            .get(&base)
+            .cloned()
+            .unwrap_or_else(|| BlockState {
+                name: crate::ipam::block_name(&self.layout.name, self.layout.family, base),
+                node: node.to_string(),
+                capacity: capacity_mask(&self.layout, base),
+                used: 0,
+                owners: BTreeMap::new(),
+                resource_version: None,
+            });
+        b.used |= 1 << offset;
+        b.owners.insert(offset, owner.clone());
+        Some((base, b))
+    }
+
+    /// The block after releasing what `key` holds, or `None` when it holds
+    /// nothing in this pool.
+    pub fn release(&self, key: &OwnerKey) -> Option<(u128, BlockState)> {
+        let &(base, offset) = self.by_owner.get(key)?;
+        let mut b = self.blocks.get(&base)?.clone();
+        b.used &= !(1 << offset);
+        b.owners.remove(&offset);
+        Some((base, b))
+    }
+
+    /// The object of a block state, for writing.
+    pub fn to_object(&self, base: u128, state: &BlockState) -> IPAMBlock {
+        let mut obj = IPAMBlock::new(
+            &state.name,
+            crate::ipamblock::IPAMBlockSpec {
+                pool: self.layout.name.clone(),
+                cidr: window_cidr(self.layout.family, base).to_string(),
+                node: state.node.clone(),
+                allocations: state
+                    .owners
+                    .iter()
+                    .map(|(&offset, owner)| BlockAllocation {
+                        offset: offset as u8,
+                        owner: owner.clone(),
+                    })
+                    .collect(),
+            },
+        );
+        obj.metadata.resource_version = state.resource_version.clone();
+        obj
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ippool::{IPPoolSpec, IpRange, SubnetInfo};
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    fn layout(cidr: &str, gw: &str, prefix: u8) -> PoolLayout {
+        PoolLayout::from_spec(
+            "p",
+            &IPPoolSpec {
+                ip_ranges: vec![IpRange::cidr(cidr)],
+                subnet_info: SubnetInfo {
+                    gateway: gw.into(),
+                    prefix_length: prefix,
+                    vlan: None,
+                },
+                exclude: vec![],
+            },
+        )
+        .unwrap()
+    }
+
+    fn commit(pb: &mut PoolBlocks, plan: &Plan, node: &str, owner: &Owner) {
+        let (base, state) = pb.apply(plan, node, owner).unwrap();
+        pb.put(base, state);
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn nodes_fill_their_own_blocks_then_claim_then_borrow() {
+        let mut pb = PoolBlocks::new(layout("10.0.0.0/25", "10.0.0.1", 24));
+        let a1 = Owner::pod("ns", "a1", "c", "eth1");
+        let p = pb.plan("node-a", &a1, None);
+        assert_eq!(
+            p,
+            Plan::Claim {
+                ip: ip("10.0.0.2"),
+                base: window_of(ip("10.0.0.0")),
+                offset: 2
+            }
+        );
+        commit(&mut pb, &p, "node-a", &a1);
+        // Retried: the same address.
+        assert!(matches!(
+            pb.plan("node-a", &a1, None),
+            Plan::Held { refresh: false, .. }
+        ));
+        // Another node claims the next window.
+        let b1 = Owner::pod("ns", "b1", "c", "eth1");
+        let p = pb.plan("node-b", &b1, None);
+        assert_eq!(
+            p,
+            Plan::Claim {
+                ip: ip("10.0.0.64"),
+                base: window_of(ip("10.0.0.64")),
+                offset: 0
+            }
+        );
+        commit(&mut pb, &p, "node-b", &b1);
+        // node-a keeps using its block.
+        let a2 = Owner::pod("ns", "a2", "c", "eth1");
+        assert_eq!(
+            pb.plan("node-a", &a2, None),
+            Plan::Take {
+                ip: ip("10.0.0.3"),
+                base: 0x0a00_0000,
+                offset: 3
+            }
+        );
+        // A third node has no window left: it borrows.
+        let c1 = Owner::pod("ns", "c1", "c", "eth1");
+        assert_eq!(
+            pb.plan("node-c", &c1, None),
+            Plan::Take {
+                ip: ip("10.0.0.3"),
+                base: 0x0a00_0000,
+                offset: 3
+            }
+        );
+        // Requested addresses.
+        assert_eq!(
+            pb.plan("node-c", &c1, Some(ip("10.0.0.2"))),
+            Plan::RequestedHeld {
+                ip: ip("10.0.0.2"),
+                holder: a1.clone()
+            }
+        );
+        assert_eq!(
+            pb.plan("node-c", &c1, Some(ip("10.0.0.1"))),
+            Plan::RequestedNotInPool { ip: ip("10.0.0.1") }
+        );
+        assert_eq!(
+            pb.plan("node-c", &c1, Some(ip("10.0.0.70"))),
+            Plan::Take {
+                ip: ip("10.0.0.70"),
+                base: 0x0a00_0040,
+                offset: 6
+            }
+        );
+        // Release.
+        let (base, state) = pb.release(&a1.key()).unwrap();
+        pb.put(base, state);
+        assert_eq!(pb.holder(ip("10.0.0.2")), None);
+        assert_eq!(pb.release(&a1.key()), None, "releasing twice finds nothing");
+        assert_eq!(pb.used(), 1);
+    }
+
+    #[test]
+    fn statefulset_ordinals_keep_their_address() {
+        let mut pb = PoolBlocks::new(layout("10.0.0.0/24", "10.0.0.1", 24));
+        let first = Owner::stateful_set("ns", "db", 0, "eth1", "db-0", "c1");
+        let p = pb.plan("node-a", &first, None);
+        commit(&mut pb, &p, "node-a", &first);
+        let again = Owner::stateful_set("ns", "db", 0, "eth1", "db-0", "c2");
+        match pb.plan("node-b", &again, None) {
+            Plan::Held {
+                ip: got, refresh, ..
+            } => {
+                assert_eq!(got, ip("10.0.0.2"));
+                assert!(refresh, "the new container is recorded");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn exhaustion() {
+        let mut pb = PoolBlocks::new(layout("10.0.0.0/30", "10.0.0.1", 30));
+        // /30 with mask == prefix: .0 first, .3 broadcast, .1 gateway: one address.
+        let a = Owner::pod("ns", "a", "c", "eth1");
+        let p = pb.plan("n", &a, None);
+        commit(&mut pb, &p, "n", &a);
+        assert_eq!(
+            pb.plan("n", &Owner::pod("ns", "b", "c", "eth1"), None),
+            Plan::Exhausted
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Alloc {
+            node: u8,
+            owner: u8,
+            requested: Option<u8>,
+        },
+        Release {
+            owner: u8,
+        },
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        prop::collection::vec(
+            prop_oneof![
+                3 => (0u8..3, 0u8..60, proptest::option::weighted(0.2, 0u8..200)).prop_map(|(node, owner, requested)| Op::Alloc { node, owner, requested }),
+                1 => (0u8..60).prop_map(|owner| Op::Release { owner }),
+            ],
+            0..200,
+        )
+    }
+
+    proptest! {
+        /// Random allocations and releases from three nodes in a pool of
+        /// about 150 addresses: no address has two owners, every owner has
+        /// at most one address, every address is allocatable, and the
+        /// indexes agree with the blocks.
+        #[test]
+        fn invariants_hold_under_random_operations(ops in ops()) {
+            let mut pb = PoolBlocks::new(layout("10.0.0.0/24", "10.0.0.1", 24));
+            for op in ops {
+                match op {
+                    Op::Alloc { node, owner, requested } => {
+                        let node = format!("node-{node}");
+                        let o = Owner::pod("ns", &format!("p{owner}"), "c", "eth1");
+                        let req = requested.map(|r| IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, r)));
+                        let plan = pb.plan(&node, &o, req);
+                        match &plan {
+                            Plan::Held { ip, .. } => prop_assert_eq!(pb.holder(*ip), Some(&o)),
+                            Plan::Take { ip, .. } | Plan::Claim { ip, .. } => {
+                                prop_assert!(pb.holder(*ip).is_none());
+                                prop_assert!(pb.layout().contains(*ip));
+                                prop_assert!(pb.find(&o.key()).is_none() || req.is_some());
+                                if pb.find(&o.key()).is_some() { continue; }
+                                commit(&mut pb, &plan, &node, &o);
+                            }
+                            Plan::RequestedHeld { ip, holder } => prop_assert_eq!(pb.holder(*ip), Some(holder)),
+                            Plan::RequestedNotInPool { ip } => prop_assert!(!pb.layout().contains(*ip)),
+                            Plan::Exhausted => prop_assert!(pb.used() == pb.layout().size()),
+                        }
+                    }
+                    Op::Release { owner } => {
+                        let o = Owner::pod("ns", &format!("p{owner}"), "c", "eth1");
+                        if let Some((base, state)) = pb.release(&o.key()) {
+                            pb.put(base, state);
+                        }
+                        prop_assert!(pb.find(&o.key()).is_none());
+                    }
+                }
+                // Invariants.
+                let mut seen_ips = HashSet::new();
+                let mut seen_owners = HashSet::new();
+                for (ip, _, o) in pb.holders() {
+                    prop_assert!(seen_ips.insert(ip), "address held twice");
+                    prop_assert!(seen_owners.insert(o.key()), "owner holds two addresses");
+                    prop_assert!(pb.layout().contains(ip));
+                    prop_assert_eq!(pb.find(&o.key()).map(|f| f.0), Some(ip));
+                }
+                prop_assert_eq!(pb.used(), seen_ips.len() as u128);
+                // Round trip through the object form.
+                for (&base, b) in pb.blocks() {
+                    let obj = pb.to_object(base, b);
+                    let mut other = PoolBlocks::new(pb.layout().clone());
+                    prop_assert_eq!(other.upsert_block(&obj), Ok(base));
+                    prop_assert_eq!(other.block(base), Some(b));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The IPAMBlock custom resource (`spur.dev/v1beta1`, cluster-scoped, short
+//! name `ipb`): one aligned window of a pool, claimed by one node, holding
+//! at most [`crate::ipam::BLOCK_SIZE`] allocations, and the owners those
+//! allocations belong to.
+
+use std::fmt;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// An allocation block: a window of a pool and who holds which address of
+/// it. Agents create a block when their node needs one (create-if-absent)
+/// and add or remove allocations with optimistic concurrency.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "spur.dev",
+    version = "v1beta1",
+    kind = "IPAMBlock",
+    plural = "ipamblocks",
+    singular = "ipamblock",
+    shortname = "ipb",
+    category = "spur",
+    derive = "PartialEq",
+    doc = "An IPAMBlock: one window of an IPPool, claimed by a node, and the owners of its allocated addresses.",
+    printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.pool"}"#,
+    printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.cidr"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IPAMBlockSpec {
+    /// The IPPool the block belongs to.
+    pub pool: String,
+    /// The window, as a CIDR of 64 addresses (`/26` for IPv4, `/122` for
+    /// IPv6). Addresses of the window the pool does not hand out are never
+    /// allocated.
+    pub cidr: String,
+    /// The node the block is affine to (it allocates from it first).
+    pub node: String,
+    /// The allocations, by offset in the window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allocations: Vec<BlockAllocation>,
+}
+
+/// One allocated address of a block.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockAllocation {
+    /// Offset of the address in the window (0-63).
+    #[schemars(range(max = 63))]
+    pub offset: u8,
+    /// Who holds it.
+    pub owner: Owner,
+}
+
+/// What kind of owner holds an address.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub enum OwnerKind {
+    /// A Pod's interface: released when the Pod's container goes.
+    Pod,
+    /// A StatefulSet ordinal's interface: kept across Pod re-creation until
+    /// the StatefulSet shrinks below the ordinal or is deleted.
+    StatefulSet,
+}
+
+/// Who holds an address.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Owner {
+    /// Pod or StatefulSet.
+    pub kind: OwnerKind,
+    /// Namespace of the Pod or StatefulSet.
+    pub namespace: String,
+    /// Pod name, or StatefulSet name.
+    pub name: String,
+    /// StatefulSet ordinal (StatefulSet owners only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordinal: Option<u32>,
+    /// Interface name in the Pod.
+    pub interface: String,
+    /// The container (sandbox) ID of the Pod that uses the address. Part of
+    /// a Pod owner's identity; for a StatefulSet owner, the latest Pod's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_id: String,
+    /// The Pod's name (StatefulSet owners: the Pod currently using it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+}
+
+/// The identity of an owner: what makes two allocations the same holder's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OwnerKey {
+    /// (namespace, Pod, container ID, interface).
+    Pod(String, String, String, String),
+    /// (namespace, StatefulSet, ordinal, interface).
+    StatefulSet(String, String, u32, String),
+}
+
+impl Owner {
+    /// A Pod's interface.
+    pub fn pod(namespace: &str, name: &str, container_id: &str, interface: &str) -> Owner {
+        Owner {
+            kind: OwnerKind::Pod,
+            namespace: namespace.into(),
+            name: name.into(),
+            ordinal: None,
+            interface: interface.into(),
+            container_id: container_id.into(),
+            pod: name.into(),
+        }
+    }
+
+    /// A StatefulSet ordinal's interface, used by Pod `pod`.
+    pub fn stateful_set(
+        namespace: &str,
+        statefulset: &str,
+        ordinal: u32,
+        interface: &str,
+        pod: &str,
+        container_id: &str,
+    ) -> Owner {
+        Owner {
+            kind: OwnerKind::StatefulSet,
+            namespace: namespace.into(),
+            name: statefulset.into(),
+            ordinal: Some(ordinal),
+            interface: interface.into(),
+            container_id: container_id.into(),
+            pod: pod.into(),
+        }
+    }
+
+    /// The owner's identity.
+    pub fn key(&self) -> OwnerKey {
+        match self.kind {
+            OwnerKind::Pod => OwnerKey::Pod(
+                self.namespace.clone(),
+                self.name.clone(),
+                self.container_id.clone(),
+                self.interface.clone(),
+            ),
+            OwnerKind::StatefulSet => OwnerKey::StatefulSet(
+                self.namespace.clone(),
+                self.name.clone(),
+                self.ordinal.unwrap_or(0),
+                self.interface.clone(),
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.kind, self.ordinal) {
+            (OwnerKind::StatefulSet, Some(o)) => write!(
+                f,
+                "StatefulSet {}/{} ordinal {} interface {}",
+                self.namespace, self.name, o, self.interface
+            ),
+            _ => {
+                write!(
+                    f,
+                    "Pod {}/{} interface {}",
+                    self.namespace, self.name, self.interface
+                )?;
+                if !self.container_id.is_empty() {
+                    let short: String = self.container_id.chars().take(12).collect();
+                    write!(f, " (container {short})")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_identity() {
+        let a = Owner::pod("default", "web", "c1", "eth1");
+        let b = Owner::pod("default", "web", "c2", "eth1");
+        assert_ne!(a.key(), b.key(), "a new container is a new owner");
+        let s1 = Owner::stateful_set("default", "db", 0, "eth1", "db-0", "c1");
+        let s2 = Owner::stateful_set("default", "db", 0, "eth1", "db-0", "c9");
+        assert_eq!(
+            s1.key(),
+            s2.key(),
+            "a StatefulSet ordinal keeps its address across Pods"
+        );
+        assert_eq!(
+            a.to_string(),
+            "Pod default/web interface eth1 (container c1)"
+        );
+        assert_eq!(
+            s1.to_string(),
+            "StatefulSet default/db ordinal 0 interface eth1"
+        );
+    }
+
+    #[test]
+    fn block_round_trips_through_json() {
+        let b = IPAMBlock::new(
+            "vlan100-ipv4-10-10-1-0",
+            IPAMBlockSpec {
+                pool: "vlan100-ipv4".into(),
+                cidr: "10.10.1.0/26".into(),
+                node: "node-a".into(),
+                allocations: vec![BlockAllocation {
+                    offset: 2,
+                    owner: Owner::pod("default", "web", "abc", "eth1"),
+                }],
+            },
+        );
+        let j = serde_json::to_value(&b).unwrap();
+        assert_eq!(j["spec"]["allocations"][0]["owner"]["containerId"], "abc");
+        assert_eq!(serde_json::from_value::<IPAMBlock>(j).unwrap(), b);
+    }
+}
