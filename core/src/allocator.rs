@@ -140,9 +140,9 @@ pub enum BlockError {
         /// The offset.
         offset: u32,
         /// First holder.
-        first: Owner,
+        first: Box<Owner>,
         /// Second holder.
-        second: Owner,
+        second: Box<Owner>,
     },
 }
 
@@ -274,8 +274,8 @@ impl PoolBlocks {
                 return Err(BlockError::DoubleAllocation {
                     block: name,
                     offset,
-                    first,
-                    second: a.owner.clone(),
+                    first: Box::new(first),
+                    second: Box::new(a.owner.clone()),
                 });
             }
             used |= 1 << offset;
