@@ -183,6 +183,13 @@ fn parse_target(segs: &[&str]) -> Option<Target> {
     })
 }
 
+/// The resource plural a request path points at (`pods`, `ipamblocks`),
+/// if it points at one.
+pub fn resource_of_path(path: &str) -> Option<String> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    parse_target(&segs).map(|t| t.plural)
+}
+
 /// Serves one request.
 pub fn handle(store: &mut Store, req: &ApiRequest) -> Reply {
     let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();

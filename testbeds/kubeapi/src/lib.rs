@@ -36,5 +36,5 @@ pub mod table;
 
 pub use admission::{Admission, AdmissionRequest, Denial, Operation};
 pub use error::ApiError;
-pub use server::{ApiServer, ApiService};
+pub use server::{ApiServer, ApiService, ResourceStats};
 pub use store::{Clock, ManualClock, Store, SystemClock};

@@ -28,8 +28,26 @@ pub type ApiBody = UnsyncBoxBody<Bytes, Infallible>;
 /// simulated time applies under a paused or simulated clock).
 pub type Sleeper = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// Request accounting of one resource, for benchmarks and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceStats {
+    /// GET requests (get, list, watch).
+    pub reads: u64,
+    /// Successful writes (create, update, patch, delete).
+    pub writes: u64,
+    /// Writes refused with 409 (stale resourceVersion or AlreadyExists).
+    pub conflicts: u64,
+    /// Other failed writes.
+    pub failed_writes: u64,
+    /// Bytes of the objects successful writes stored (their JSON).
+    pub bytes_stored: u64,
+    /// The largest object a write stored, in bytes of JSON.
+    pub max_object_bytes: u64,
+}
+
 struct Inner {
     store: Mutex<Store>,
+    stats: Mutex<std::collections::BTreeMap<String, ResourceStats>>,
     faults: Mutex<Faults>,
     paused: watch::Sender<bool>,
     sleeper: Sleeper,
@@ -48,6 +66,7 @@ impl ApiServer {
         ApiServer {
             inner: Arc::new(Inner {
                 store: Mutex::new(store),
+                stats: Mutex::new(std::collections::BTreeMap::new()),
                 faults: Mutex::new(Faults::new(seed ^ 0x5eed_fa17)),
                 paused: watch::channel(false).0,
                 sleeper: Arc::new(|d| Box::pin(tokio::time::sleep(d))),
@@ -116,6 +135,12 @@ impl ApiServer {
     /// Serves one request: waits while paused, applies faults, then the
     /// protocol.
     pub async fn handle(&self, req: ApiRequest) -> Reply {
+        let reply = self.answer(&req).await;
+        self.account(&req, &reply);
+        reply
+    }
+
+    async fn answer(&self, req: &ApiRequest) -> Reply {
         let mut paused = self.inner.paused.subscribe();
         while *paused.borrow_and_update() {
             if paused.changed().await.is_err() {
@@ -144,7 +169,50 @@ impl ApiServer {
                 }
             }
         }
-        handle(&mut self.store(), &req)
+        handle(&mut self.store(), req)
+    }
+
+    fn account(&self, req: &ApiRequest, reply: &Reply) {
+        let Some(plural) = crate::http::resource_of_path(&req.path) else {
+            return;
+        };
+        let mut stats = self.inner.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let s = stats.entry(plural).or_default();
+        if req.method == "GET" {
+            s.reads += 1;
+            return;
+        }
+        match reply {
+            Reply::Json(code, obj) if *code < 300 => {
+                s.writes += 1;
+                if req.method != "DELETE" {
+                    let n = serde_json::to_vec(obj).map(|v| v.len() as u64).unwrap_or(0);
+                    s.bytes_stored += n;
+                    s.max_object_bytes = s.max_object_bytes.max(n);
+                }
+            }
+            Reply::Json(409, _) => s.conflicts += 1,
+            _ => s.failed_writes += 1,
+        }
+    }
+
+    /// Request accounting per resource plural since the start (or the last
+    /// [`ApiServer::reset_stats`]).
+    pub fn stats(&self) -> std::collections::BTreeMap<String, ResourceStats> {
+        self.inner
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Clears the request accounting.
+    pub fn reset_stats(&self) {
+        self.inner
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Serves an HTTP request with any body.

@@ -572,6 +572,10 @@ async fn injected_conflicts_and_errors_reach_the_client() {
     server.faults().next(Matcher::any(), Fault::Status(503), 1);
     assert_eq!(code(cms.get("a").await.unwrap_err()), 503);
     cms.get("a").await.unwrap();
+    // The request accounting saw two refused writes and one stored object.
+    let stats = server.stats()["configmaps"].clone();
+    assert_eq!((stats.writes, stats.conflicts), (1, 2));
+    assert!(stats.max_object_bytes > 0 && stats.bytes_stored == stats.max_object_bytes);
 }
 
 #[tokio::test]
