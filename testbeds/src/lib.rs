@@ -9,7 +9,7 @@
 //!   file and the key;
 //! - the [`Report`] both runners produce, as JSON and as a human-readable
 //!   summary;
-//! - the checker: [`check`] says which expectations a report breaks, and
+//! - the checker: [`check()`](fn@check) says which expectations a report breaks, and
 //!   [`compare_reports`] how the simulator's and the harness's reports of
 //!   one testbed differ.
 //!
