@@ -43,7 +43,7 @@ use std::fmt;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Invalid, Kind, Subject};
+use crate::error::{edit_distance, plain_serde_message, Invalid, Kind, Subject};
 use crate::names::ifname_problem;
 
 /// Namespace of the ConfigMap holding Spur's configuration.
@@ -826,7 +826,7 @@ fn decode_error(file: &Subject, err: &serde_yaml::Error) -> Invalid {
                 Kind::Decode,
                 path,
                 None,
-                format!("cannot be decoded: {}", plain_serde(rest)),
+                format!("cannot be decoded: {}", plain_serde_message(rest)),
             );
         }
     }
@@ -834,33 +834,8 @@ fn decode_error(file: &Subject, err: &serde_yaml::Error) -> Invalid {
         Kind::Decode,
         "",
         None,
-        format!("cannot be decoded: {}", plain_serde(&msg)),
+        format!("cannot be decoded: {}", plain_serde_message(&msg)),
     )
-}
-
-/// Replaces the Rust type names in serde's messages ("expected struct
-/// RawAgent", "expected i64") with the YAML shapes users write.
-fn plain_serde(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    let mut rest = msg;
-    while let Some(i) = rest.find("expected struct ") {
-        out.push_str(&rest[..i]);
-        out.push_str("expected a mapping");
-        rest = &rest[i + "expected struct ".len()..];
-        let end = rest
-            .find(|c: char| !c.is_alphanumeric() && c != '_')
-            .unwrap_or(rest.len());
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    for (rust, yaml) in [
-        ("expected i64", "expected an integer"),
-        ("expected u32", "expected an integer"),
-        ("expected a boolean", "expected true or false"),
-    ] {
-        out = out.replace(rust, yaml);
-    }
-    out
 }
 
 /// Rewrites serde's "unknown field `x`, expected one of `a`, `b` at line
@@ -896,26 +871,6 @@ fn unknown_key(file: &Subject, e: Invalid, msg: &str) -> Invalid {
         reason.push_str(&format!(" ({position})"));
     }
     file.error(Kind::Unsupported, e.key, None, reason)
-}
-
-/// Levenshtein distance, for "did you mean" hints on short key names.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                prev
-            } else {
-                1 + prev.min(cur).min(row[j])
-            };
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 /// `"value"` for messages, so empty names and spaces are visible.

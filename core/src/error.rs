@@ -181,6 +181,50 @@ fn unknown_field(msg: &str) -> Option<String> {
     }
 }
 
+/// Levenshtein distance between two keys, for "did you mean" hints.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// serde's message with Rust type names ("expected struct RawAgent",
+/// "expected u32") replaced by the shapes users write.
+pub fn plain_serde_message(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("expected struct ") {
+        out.push_str(&rest[..i]);
+        out.push_str("expected a mapping");
+        rest = &rest[i + "expected struct ".len()..];
+        let end = rest
+            .find(|c: char| !c.is_alphanumeric() && c != '_')
+            .unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    for (rust, shape) in [
+        ("expected i64", "expected an integer"),
+        ("expected u8", "expected an integer"),
+        ("expected u16", "expected an integer"),
+        ("expected u32", "expected an integer"),
+        ("expected u64", "expected a non-negative integer"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a borrowed string", "expected a string"),
+    ] {
+        out = out.replace(rust, shape);
+    }
+    out
+}
+
 /// Shorthand for results of the domain model.
 pub type Result<T, E = Invalid> = std::result::Result<T, E>;
 
@@ -201,6 +245,18 @@ mod tests {
             m.to_string(),
             "NetworkAttachmentDefinition default/vlan100: spec.config.networkType: is required"
         );
+    }
+
+    #[test]
+    fn hints() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("ipools", "ippools"), 1);
+        assert_eq!(
+            plain_serde_message("invalid type: string, expected struct RawAgent at line 1"),
+            "invalid type: string, expected a mapping at line 1"
+        );
+        assert_eq!(plain_serde_message("expected u32"), "expected an integer");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use ipnet::IpNet;
 use serde_json::{Map, Value};
 
 use crate::cni::CniVersion;
-use crate::error::{Invalid, Kind, Subject};
+use crate::error::{edit_distance, Invalid, Kind, Subject};
 use crate::names::{dns1123_subdomain_problem, ifname_problem};
 
 /// The plugin `type` (and `ipam.type`) that names Spur.
@@ -1352,25 +1352,6 @@ fn reject_unknown(
     ))
 }
 
-/// Levenshtein distance, for "did you mean" hints on short keys.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    if a.len().abs_diff(b.len()) > 2 || b.len() > 64 {
-        return usize::MAX;
-    }
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2271,14 +2252,6 @@ mod tests {
         let e = err(net(json!({ "master": "x".repeat(500) })));
         let value = e.value.unwrap();
         assert!(value.len() <= 80 && value.ends_with("..."), "{value}");
-    }
-
-    #[test]
-    fn edit_distance_works() {
-        assert_eq!(edit_distance("vlan", "vlan"), 0);
-        assert_eq!(edit_distance("vlan", "vlna"), 2);
-        assert_eq!(edit_distance("ippools", "ipools"), 1);
-        assert_eq!(edit_distance("a", "abcdef"), usize::MAX);
     }
 
     // ----- snapshots of the messages users read --------------------------

@@ -40,7 +40,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
-use crate::error::{Invalid, Kind, Subject};
+use crate::error::{edit_distance, Invalid, Kind, Subject};
 use crate::names::{dns1123_label_problem, ifname_problem, Mac};
 
 /// The Pod annotation that selects secondary networks.
@@ -562,22 +562,6 @@ fn unknown_key(subject: &Subject, element_key: &str, unknown: &str) -> Invalid {
     )
 }
 
-/// Levenshtein distance over characters (for "did you mean" hints).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = Vec::with_capacity(b.len() + 1);
-        cur.push(i + 1);
-        for (j, cb) in b.iter().enumerate() {
-            let subst = prev[j] + usize::from(ca != *cb);
-            cur.push(subst.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 // ---------------------------------------------------------------------------
 // Checks shared by both forms, and resolution
 
@@ -999,8 +983,6 @@ mod tests {
         assert!(e.reason.contains("did you mean \"interface\"?"), "{e}");
         let e = err(r#"[{"name": "a", "zzzzzzzzzz": "x"}]"#);
         assert!(!e.reason.contains("did you mean"), "{e}");
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("", "abc"), 3);
     }
 
     #[test]

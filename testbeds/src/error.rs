@@ -11,6 +11,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use spur_core::error::{edit_distance, plain_serde_message};
 use spur_core::{Invalid, Kind, Subject};
 
 /// One problem with a testbed directory.
@@ -221,7 +222,7 @@ pub(crate) fn yaml_error(
         let reason = if looks_like_syntax {
             format!("is not valid YAML: {rest}{position}")
         } else {
-            format!("{}{position}", plain_serde(rest))
+            format!("{}{position}", plain_serde_message(rest))
         };
         subject.error(Kind::Decode, path, None, reason)
     };
@@ -244,53 +245,6 @@ fn split_path(msg: &str) -> (&str, &str) {
 
 fn backticked<'a>(msg: &'a str, prefix: &str) -> Option<&'a str> {
     msg.strip_prefix(prefix)?.split('`').next()
-}
-
-/// Replaces the Rust type names in serde's messages with the YAML shapes
-/// users write.
-fn plain_serde(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    let mut rest = msg;
-    while let Some(i) = rest.find("expected struct ") {
-        out.push_str(&rest[..i]);
-        out.push_str("expected a mapping");
-        rest = &rest[i + "expected struct ".len()..];
-        let end = rest
-            .find(|c: char| !c.is_alphanumeric() && c != '_')
-            .unwrap_or(rest.len());
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    for (rust, yaml) in [
-        ("expected u16", "expected an integer"),
-        ("expected u32", "expected an integer"),
-        ("expected u64", "expected a non-negative integer"),
-        ("expected a boolean", "expected true or false"),
-        ("expected a borrowed string", "expected a string"),
-    ] {
-        out = out.replace(rust, yaml);
-    }
-    out
-}
-
-/// Levenshtein distance, for "did you mean" hints on key names.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                prev
-            } else {
-                1 + prev.min(cur).min(row[j])
-            };
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 pub(crate) fn join_key(path: &str, key: &str) -> String {
