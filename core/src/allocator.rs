@@ -153,12 +153,61 @@ pub struct PoolBlocks {
     layout: PoolLayout,
     blocks: BTreeMap<u128, BlockState>,
     claimed: Claimed,
-    by_owner: HashMap<OwnerKey, (u128, u32)>,
+    /// Where each owner holds addresses. Normally one place per owner, but
+    /// the stored blocks can hold two for a while (an owner moving to a
+    /// requested address, two nodes racing for a StatefulSet ordinal), and
+    /// rewriting one of them must not make the other unfindable.
+    by_owner: HashMap<OwnerKey, Places>,
     /// Blocks with a free address, per affine node.
     free_by_node: HashMap<String, BTreeSet<u128>>,
     /// Blocks with a free address.
     free_any: BTreeSet<u128>,
     used: u128,
+}
+
+/// Where one owner holds addresses: almost always one place, so the common
+/// case costs no allocation beyond the map entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Places {
+    One((u128, u32)),
+    Many(BTreeSet<(u128, u32)>),
+}
+
+impl Places {
+    /// The lowest place.
+    fn first(&self) -> Option<&(u128, u32)> {
+        match self {
+            Places::One(p) => Some(p),
+            Places::Many(set) => set.first(),
+        }
+    }
+
+    fn insert(&mut self, place: (u128, u32)) {
+        match self {
+            Places::One(p) if *p == place => {}
+            Places::One(p) => *self = Places::Many(BTreeSet::from([*p, place])),
+            Places::Many(set) => {
+                set.insert(place);
+            }
+        }
+    }
+
+    /// Removes a place; true when none is left.
+    fn remove(&mut self, place: (u128, u32)) -> bool {
+        match self {
+            Places::One(p) => *p == place,
+            Places::Many(set) => {
+                set.remove(&place);
+                match (set.len(), set.first().copied()) {
+                    (1, Some(only)) => {
+                        *self = Places::One(only);
+                        false
+                    }
+                    (n, _) => n == 0,
+                }
+            }
+        }
+    }
 }
 
 /// The CIDR of the window at `base`.
@@ -223,9 +272,10 @@ impl PoolBlocks {
         self.blocks.get(&window_of(ip))?.owners.get(&offset_of(ip))
     }
 
-    /// The address an owner holds in this pool, with its block and offset.
+    /// The address an owner holds in this pool, with its block and offset
+    /// (the lowest, in the rare case it holds several).
     pub fn find(&self, key: &OwnerKey) -> Option<(IpAddr, u128, u32)> {
-        let &(base, offset) = self.by_owner.get(key)?;
+        let &(base, offset) = self.by_owner.get(key)?.first()?;
         Some((address(self.layout.family, base, offset), base, offset))
     }
 
@@ -292,12 +342,28 @@ impl PoolBlocks {
         Ok(base)
     }
 
-    /// Replaces what is known of the block at `base`.
+    /// Replaces what is known of the block at `base`. Only the allocations
+    /// that differ from the known state are re-indexed, so the cost of a
+    /// change is independent of how full the block is.
     pub fn put(&mut self, base: u128, state: BlockState) {
-        if let Some(old) = self.blocks.remove(&base) {
-            self.unindex(base, &old);
+        match self.blocks.remove(&base) {
+            Some(old) => {
+                for (&off, owner) in &old.owners {
+                    if state.owners.get(&off) != Some(owner) {
+                        self.unindex_owner(owner.key(), (base, off));
+                    }
+                }
+                for (&off, owner) in &state.owners {
+                    if old.owners.get(&off) != Some(owner) {
+                        self.index_owner(owner.key(), (base, off));
+                    }
+                }
+                self.used = self.used - old.owners.len() as u128 + state.owners.len() as u128;
+                self.unindex_free(base, &old);
+                self.index_free(base, &state);
+            }
+            None => self.index(base, &state),
         }
-        self.index(base, &state);
         self.blocks.insert(base, state);
     }
 
@@ -311,9 +377,39 @@ impl PoolBlocks {
     fn index(&mut self, base: u128, b: &BlockState) {
         self.claimed.insert(base);
         for (&off, o) in &b.owners {
-            self.by_owner.insert(o.key(), (base, off));
+            self.index_owner(o.key(), (base, off));
         }
         self.used += b.owners.len() as u128;
+        self.index_free(base, b);
+    }
+
+    fn unindex(&mut self, base: u128, b: &BlockState) {
+        self.claimed.remove(base);
+        for (&off, o) in &b.owners {
+            self.unindex_owner(o.key(), (base, off));
+        }
+        self.used -= b.owners.len() as u128;
+        self.unindex_free(base, b);
+    }
+
+    fn index_owner(&mut self, key: OwnerKey, place: (u128, u32)) {
+        match self.by_owner.get_mut(&key) {
+            Some(places) => places.insert(place),
+            None => {
+                self.by_owner.insert(key, Places::One(place));
+            }
+        }
+    }
+
+    fn unindex_owner(&mut self, key: OwnerKey, place: (u128, u32)) {
+        if let Some(places) = self.by_owner.get_mut(&key) {
+            if places.remove(place) {
+                self.by_owner.remove(&key);
+            }
+        }
+    }
+
+    fn index_free(&mut self, base: u128, b: &BlockState) {
         if b.has_free() {
             self.free_any.insert(base);
             self.free_by_node
@@ -323,14 +419,7 @@ impl PoolBlocks {
         }
     }
 
-    fn unindex(&mut self, base: u128, b: &BlockState) {
-        self.claimed.remove(base);
-        for (&off, o) in &b.owners {
-            if self.by_owner.get(&o.key()) == Some(&(base, off)) {
-                self.by_owner.remove(&o.key());
-            }
-        }
-        self.used -= b.owners.len() as u128;
+    fn unindex_free(&mut self, base: u128, b: &BlockState) {
         self.free_any.remove(&base);
         if let Some(set) = self.free_by_node.get_mut(&b.node) {
             set.remove(&base);
@@ -441,10 +530,10 @@ impl PoolBlocks {
         Some((base, b))
     }
 
-    /// The block after releasing what `key` holds, or `None` when it holds
-    /// nothing in this pool.
+    /// The block after releasing what `key` holds (the lowest address, when
+    /// it holds several), or `None` when it holds nothing in this pool.
     pub fn release(&self, key: &OwnerKey) -> Option<(u128, BlockState)> {
-        let &(base, offset) = self.by_owner.get(key)?;
+        let &(base, offset) = self.by_owner.get(key)?.first()?;
         let mut b = self.blocks.get(&base)?.clone();
         b.used &= !(1 << offset);
         b.owners.remove(&offset);
@@ -601,6 +690,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_owner_holding_two_addresses_stays_findable_while_either_changes() {
+        let mut pb = PoolBlocks::new(layout("10.0.0.0/24", "10.0.0.1", 24));
+        let o = Owner::pod("ns", "o", "c", "eth1");
+        let other = Owner::pod("ns", "x", "c", "eth1");
+        // o moves to a requested address in another window: for a while it
+        // holds both.
+        let p = pb.plan("n", &o, None);
+        commit(&mut pb, &p, "n", &o);
+        let p = pb.plan("n", &o, Some(ip("10.0.0.70")));
+        assert!(matches!(p, Plan::Claim { .. }), "{p:?}");
+        commit(&mut pb, &p, "n", &o);
+        // Another owner's allocation rewrites the first block, o's entry in it
+        // included; then o's first address goes.
+        let p = pb.plan("n", &other, None);
+        commit(&mut pb, &p, "n", &other);
+        let (base, state) = pb.release(&o.key()).unwrap();
+        assert_eq!(base, 0x0a00_0000, "the lowest goes first");
+        pb.put(base, state);
+        assert_eq!(pb.find(&o.key()).map(|f| f.0), Some(ip("10.0.0.70")));
+        let (base, state) = pb.release(&o.key()).unwrap();
+        pb.put(base, state);
+        assert_eq!(pb.find(&o.key()), None);
+        assert_eq!(pb.used(), 1);
     }
 
     #[test]

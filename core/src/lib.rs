@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod ipam;
 pub mod ipamblock;
+pub mod ipamreq;
 pub mod ippool;
 pub mod nad;
 pub mod names;

@@ -1,0 +1,585 @@
+//! The agent's view of every IPPool and IPAMBlock, fed by watches, so the
+//! allocation path never reads from the API.
+//!
+//! Two kube-runtime watchers (IPPools, IPAMBlocks, cluster-wide) feed one
+//! [`CacheState`]; the allocator writes every object the API returns to it
+//! straight back in ([`IpamCache::write_through`]). Both paths merge by
+//! resourceVersion (see [`super::versioned`]), so the cache always holds the
+//! newest version it has seen of each object. For every valid pool the
+//! cache keeps a [`PoolBlocks`], the allocator's indexed view of the pool's
+//! blocks, rebuilt with [`PoolBlocks::set_layout`] when the pool changes.
+//! Invalid pools are skipped with a warning; malformed blocks are
+//! quarantined: their window counts as claimed and full, so nothing is
+//! planned into them, and writes to them are refused.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+use ipnet::IpNet;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
+use spur_core::allocator::{window_cidr, BlockState, PoolBlocks};
+use spur_core::ipamblock::{IPAMBlock, OwnerKey};
+use spur_core::ippool::{IPPool, PoolLayout};
+use spur_core::pool::{to_u128, Family};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use super::versioned::{Change, VersionedMap};
+
+/// One valid pool: its blocks as the allocator sees them.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolIndex {
+    pub(crate) blocks: PoolBlocks,
+    /// Windows whose block object is malformed, with the reason.
+    pub(crate) quarantined: BTreeMap<u128, String>,
+}
+
+impl PoolIndex {
+    fn new(layout: PoolLayout) -> PoolIndex {
+        PoolIndex {
+            blocks: PoolBlocks::new(layout),
+            quarantined: BTreeMap::new(),
+        }
+    }
+
+    /// Marks the window of a malformed block claimed and full.
+    fn quarantine(&mut self, base: u128, obj: &IPAMBlock, reason: String) {
+        self.blocks.put(
+            base,
+            BlockState {
+                name: obj.metadata.name.clone().unwrap_or_default(),
+                node: obj.spec.node.clone(),
+                capacity: 0,
+                used: 0,
+                owners: BTreeMap::new(),
+                resource_version: obj.metadata.resource_version.clone(),
+            },
+        );
+        self.quarantined.insert(base, reason);
+    }
+
+    fn set_layout(&mut self, layout: PoolLayout) {
+        self.blocks.set_layout(layout);
+        // set_layout recomputed every capacity: quarantined windows stay full.
+        let bases: Vec<u128> = self.quarantined.keys().copied().collect();
+        for base in bases {
+            if let Some(mut b) = self.blocks.block(base).cloned() {
+                b.capacity = 0;
+                self.blocks.put(base, b);
+            }
+        }
+    }
+
+    /// The (lowest) address `key` holds in the pool.
+    pub(crate) fn find_any(&self, key: &OwnerKey) -> Option<IpAddr> {
+        self.blocks.find(key).map(|f| f.0)
+    }
+}
+
+/// The window of a block object's `spec.cidr`, when it is one of `family`.
+fn window_base(obj: &IPAMBlock, family: Family) -> Option<u128> {
+    let net: IpNet = obj.spec.cidr.parse().ok()?;
+    let base = to_u128(net.network());
+    (Family::of_net(&net) == family && window_cidr(family, base) == net).then_some(base)
+}
+
+/// Everything the cache knows.
+#[derive(Debug, Default)]
+pub(crate) struct CacheState {
+    pools: VersionedMap<IPPool>,
+    blocks: VersionedMap<IPAMBlock>,
+    index: HashMap<String, PoolIndex>,
+}
+
+impl CacheState {
+    pub(crate) fn pool(&self, name: &str) -> Option<&PoolIndex> {
+        self.index.get(name)
+    }
+
+    pub(crate) fn block(&self, name: &str) -> Option<&IPAMBlock> {
+        self.blocks.get(name)
+    }
+
+    pub(crate) fn pool_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.index.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub(crate) fn apply_pool(&mut self, obj: IPPool) {
+        if let Some(c) = self.pools.apply(obj) {
+            self.pool_changed(c);
+        }
+    }
+
+    pub(crate) fn delete_pool(&mut self, obj: &IPPool) {
+        if let Some(c) = self.pools.delete(obj) {
+            self.pool_changed(c);
+        }
+    }
+
+    pub(crate) fn begin_pool_relist(&mut self) {
+        self.pools.begin_relist();
+    }
+
+    pub(crate) fn relist_pool(&mut self, obj: IPPool) {
+        self.pools.relist_item(obj);
+    }
+
+    pub(crate) fn end_pool_relist(&mut self) {
+        for c in self.pools.end_relist() {
+            self.pool_changed(c);
+        }
+    }
+
+    /// Takes a block unless a newer version is held. True when taken.
+    pub(crate) fn apply_block(&mut self, obj: IPAMBlock) -> bool {
+        match self.blocks.apply(obj) {
+            Some(c) => {
+                self.block_changed(c);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn delete_block(&mut self, obj: &IPAMBlock) {
+        if let Some(c) = self.blocks.delete(obj) {
+            self.block_changed(c);
+        }
+    }
+
+    pub(crate) fn forget_block(&mut self, name: &str, based_on: Option<&str>) {
+        if let Some(c) = self.blocks.forget(name, based_on) {
+            self.block_changed(c);
+        }
+    }
+
+    pub(crate) fn begin_block_relist(&mut self) {
+        self.blocks.begin_relist();
+    }
+
+    pub(crate) fn relist_block(&mut self, obj: IPAMBlock) {
+        self.blocks.relist_item(obj);
+    }
+
+    pub(crate) fn end_block_relist(&mut self) {
+        for c in self.blocks.end_relist() {
+            self.block_changed(c);
+        }
+    }
+
+    fn pool_changed(&mut self, c: Change<IPPool>) {
+        match c {
+            Change::Upsert { new, .. } => {
+                let name = new.metadata.name.clone().unwrap_or_default();
+                match PoolLayout::from_pool(&new) {
+                    Ok(layout) => {
+                        if let Some(ix) = self.index.get_mut(&name) {
+                            if ix.blocks.layout() != &layout {
+                                ix.set_layout(layout);
+                            }
+                            return;
+                        }
+                        let mut ix = PoolIndex::new(layout);
+                        for b in self.blocks.values().filter(|b| b.spec.pool == name) {
+                            index_block(&mut ix, b);
+                        }
+                        self.index.insert(name, ix);
+                    }
+                    Err(e) => {
+                        tracing::warn!(pool = %name, error = %e, "IPPool is invalid: no address is allocated from it");
+                        self.index.remove(&name);
+                    }
+                }
+            }
+            Change::Removed(old) => {
+                let name = old.metadata.name.clone().unwrap_or_default();
+                self.index.remove(&name);
+            }
+        }
+    }
+
+    fn block_changed(&mut self, c: Change<IPAMBlock>) {
+        match c {
+            Change::Upsert { old, new } => {
+                if let Some(old) = old {
+                    if old.spec.pool != new.spec.pool || old.spec.cidr != new.spec.cidr {
+                        self.unindex(&old);
+                    }
+                }
+                if let Some(ix) = self.index.get_mut(&new.spec.pool) {
+                    index_block(ix, &new);
+                }
+            }
+            Change::Removed(old) => self.unindex(&old),
+        }
+    }
+
+    fn unindex(&mut self, old: &IPAMBlock) {
+        let Some(ix) = self.index.get_mut(&old.spec.pool) else {
+            return;
+        };
+        let Some(base) = window_base(old, ix.blocks.layout().family) else {
+            return;
+        };
+        if ix
+            .blocks
+            .block(base)
+            .is_some_and(|b| Some(&b.name) == old.metadata.name.as_ref())
+        {
+            ix.blocks.remove(base);
+            ix.quarantined.remove(&base);
+        }
+    }
+}
+
+fn index_block(ix: &mut PoolIndex, obj: &IPAMBlock) {
+    match ix.blocks.upsert_block(obj) {
+        Ok(base) => {
+            ix.quarantined.remove(&base);
+        }
+        Err(e) => {
+            let family = ix.blocks.layout().family;
+            match window_base(obj, family) {
+                Some(base) => {
+                    tracing::warn!(error = %e, "IPAMBlock is malformed: its window is not used until it is fixed");
+                    ix.quarantine(base, obj, e.to_string());
+                }
+                None => tracing::warn!(error = %e, "IPAMBlock is malformed and ignored"),
+            }
+        }
+    }
+}
+
+/// Which watcher has listed once.
+const POOLS_LISTED: u8 = 1;
+const BLOCKS_LISTED: u8 = 2;
+
+struct Core {
+    state: RwLock<CacheState>,
+    listed: watch::Sender<u8>,
+}
+
+struct Handle {
+    core: Arc<Core>,
+    tasks: Vec<AbortHandle>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Every IPPool and IPAMBlock of the cluster, kept current by watches.
+/// Cheap to clone; the watches stop when the last clone is dropped.
+#[derive(Clone)]
+pub struct IpamCache {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for IpamCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpamCache")
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl IpamCache {
+    /// Starts the IPPool and IPAMBlock watchers on the current tokio
+    /// runtime (call it from within one). The cache is usable at once and
+    /// complete after [`IpamCache::wait_ready`].
+    pub fn start(client: Client) -> IpamCache {
+        let core = Arc::new(Core {
+            state: RwLock::new(CacheState::default()),
+            listed: watch::channel(0).0,
+        });
+        let pools = tokio::spawn(watch_pools(Api::all(client.clone()), core.clone()));
+        let blocks = tokio::spawn(watch_blocks(Api::all(client), core.clone()));
+        IpamCache {
+            handle: Arc::new(Handle {
+                core,
+                tasks: vec![pools.abort_handle(), blocks.abort_handle()],
+            }),
+        }
+    }
+
+    /// Waits until both watchers have listed once.
+    pub async fn wait_ready(&self) {
+        let mut rx = self.handle.core.listed.subscribe();
+        // The sender lives as long as `self`: wait_for cannot fail here.
+        let _ = rx
+            .wait_for(|l| *l & (POOLS_LISTED | BLOCKS_LISTED) == POOLS_LISTED | BLOCKS_LISTED)
+            .await;
+    }
+
+    /// True once both watchers have listed once.
+    pub fn is_ready(&self) -> bool {
+        *self.handle.core.listed.borrow() == POOLS_LISTED | BLOCKS_LISTED
+    }
+
+    /// A snapshot of a valid pool's blocks (`None`: unknown or invalid).
+    pub fn pool(&self, name: &str) -> Option<PoolBlocks> {
+        self.read(|s| s.pool(name).map(|ix| ix.blocks.clone()))
+    }
+
+    /// The layout of a valid pool.
+    pub fn layout(&self, name: &str) -> Option<PoolLayout> {
+        self.read(|s| s.pool(name).map(|ix| ix.blocks.layout().clone()))
+    }
+
+    /// The names of the valid pools, sorted.
+    pub fn pool_names(&self) -> Vec<String> {
+        self.read(|s| s.pool_names())
+    }
+
+    /// The newest version seen of a block object.
+    pub fn block(&self, name: &str) -> Option<IPAMBlock> {
+        self.read(|s| s.block(name).cloned())
+    }
+
+    /// The address `key` holds in `pool`, as far as the cache knows.
+    pub fn find(&self, pool: &str, key: &OwnerKey) -> Option<IpAddr> {
+        self.read(|s| s.pool(pool).and_then(|ix| ix.find_any(key)))
+    }
+
+    /// Stores an object the API just returned (after a write or a GET),
+    /// unless a newer version is held. True when taken.
+    pub fn write_through(&self, obj: IPAMBlock) -> bool {
+        self.write(|s| s.apply_block(obj))
+    }
+
+    /// The API answered 404 for a block: forget it unless a version newer
+    /// than `based_on` is held.
+    pub fn forget_block(&self, name: &str, based_on: Option<&str>) {
+        self.write(|s| s.forget_block(name, based_on));
+    }
+
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&CacheState) -> R) -> R {
+        let s = self
+            .handle
+            .core
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        f(&s)
+    }
+
+    fn write<R>(&self, f: impl FnOnce(&mut CacheState) -> R) -> R {
+        let mut s = self
+            .handle
+            .core
+            .state
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        f(&mut s)
+    }
+}
+
+impl Core {
+    fn update(&self, f: impl FnOnce(&mut CacheState)) {
+        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+    }
+
+    fn mark_listed(&self, bit: u8) {
+        self.listed.send_if_modified(|l| {
+            let changed = *l & bit == 0;
+            *l |= bit;
+            changed
+        });
+    }
+}
+
+async fn watch_pools(api: Api<IPPool>, core: Arc<Core>) {
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => core.update(|s| s.begin_pool_relist()),
+            Ok(watcher::Event::InitApply(p)) => core.update(|s| s.relist_pool(p)),
+            Ok(watcher::Event::InitDone) => {
+                core.update(|s| s.end_pool_relist());
+                core.mark_listed(POOLS_LISTED);
+            }
+            Ok(watcher::Event::Apply(p)) => core.update(|s| s.apply_pool(p)),
+            Ok(watcher::Event::Delete(p)) => core.update(|s| s.delete_pool(&p)),
+            Err(e) => tracing::warn!(error = %e, "IPPool watch failed; retrying"),
+        }
+    }
+}
+
+async fn watch_blocks(api: Api<IPAMBlock>, core: Arc<Core>) {
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => core.update(|s| s.begin_block_relist()),
+            Ok(watcher::Event::InitApply(b)) => core.update(|s| s.relist_block(b)),
+            Ok(watcher::Event::InitDone) => {
+                core.update(|s| s.end_block_relist());
+                core.mark_listed(BLOCKS_LISTED);
+            }
+            Ok(watcher::Event::Apply(b)) => core.update(|s| {
+                s.apply_block(b);
+            }),
+            Ok(watcher::Event::Delete(b)) => core.update(|s| s.delete_block(&b)),
+            Err(e) => tracing::warn!(error = %e, "IPAMBlock watch failed; retrying"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spur_core::allocator::Plan;
+    use spur_core::ipam::window_of as window;
+    use spur_core::ipamblock::{BlockAllocation, IPAMBlockSpec, Owner};
+    use spur_core::ippool::{IPPoolSpec, IpRange, SubnetInfo};
+
+    fn pool(name: &str, rv: &str, exclude: &[&str]) -> IPPool {
+        let mut p = IPPool::new(
+            name,
+            IPPoolSpec {
+                ip_ranges: vec![IpRange::cidr("10.0.0.0/24")],
+                subnet_info: SubnetInfo {
+                    gateway: "10.0.0.1".into(),
+                    prefix_length: 24,
+                    vlan: None,
+                },
+                exclude: exclude.iter().map(|s| s.to_string()).collect(),
+            },
+        );
+        p.metadata.resource_version = Some(rv.into());
+        p
+    }
+
+    fn block(name: &str, cidr: &str, rv: &str, allocs: &[(u8, &str)]) -> IPAMBlock {
+        let mut b = IPAMBlock::new(
+            name,
+            IPAMBlockSpec {
+                pool: "p".into(),
+                cidr: cidr.into(),
+                node: "node-a".into(),
+                allocations: allocs
+                    .iter()
+                    .map(|(o, pod)| BlockAllocation {
+                        offset: *o,
+                        owner: Owner::pod("ns", pod, "c", "eth1"),
+                    })
+                    .collect(),
+            },
+        );
+        b.metadata.resource_version = Some(rv.into());
+        b
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn holder(s: &CacheState, a: &str) -> Option<String> {
+        s.pool("p")
+            .and_then(|ix| ix.blocks.holder(ip(a)).map(|o| o.name.clone()))
+    }
+
+    #[test]
+    fn blocks_before_pools_and_write_through_beats_a_lagging_watch() {
+        let mut s = CacheState::default();
+        // A block arrives before its pool: indexed when the pool arrives.
+        s.apply_block(block("p-10-0-0-0", "10.0.0.0/26", "5", &[(2, "a")]));
+        assert!(s.pool("p").is_none());
+        s.apply_pool(pool("p", "1", &[]));
+        assert_eq!(holder(&s, "10.0.0.2").as_deref(), Some("a"));
+        // Write-through of our own write (rv 7), then the watch lags with rv 6.
+        assert!(s.apply_block(block(
+            "p-10-0-0-0",
+            "10.0.0.0/26",
+            "7",
+            &[(2, "a"), (3, "b")]
+        )));
+        assert!(!s.apply_block(block("p-10-0-0-0", "10.0.0.0/26", "6", &[(2, "a")])));
+        assert_eq!(holder(&s, "10.0.0.3").as_deref(), Some("b"));
+        let rv = s
+            .pool("p")
+            .and_then(|ix| ix.blocks.block(window(ip("10.0.0.0"))))
+            .and_then(|b| b.resource_version.clone());
+        assert_eq!(
+            rv.as_deref(),
+            Some("7"),
+            "the next write uses the newest version"
+        );
+        // A pool change keeps what is held and applies the new excludes.
+        s.apply_pool(pool("p", "2", &["10.0.0.4..10.0.0.63"]));
+        assert_eq!(holder(&s, "10.0.0.3").as_deref(), Some("b"));
+        let pb = &s.pool("p").unwrap().blocks;
+        assert!(matches!(
+            pb.plan("node-a", &Owner::pod("ns", "new", "c", "eth1"), None),
+            Plan::Claim { ip: got, .. } if got == ip("10.0.0.64")
+        ));
+        // The delete of an older incarnation is ignored; the current one applies.
+        s.delete_block(&block("p-10-0-0-0", "10.0.0.0/26", "6", &[]));
+        assert!(holder(&s, "10.0.0.3").is_some());
+        s.delete_block(&block("p-10-0-0-0", "10.0.0.0/26", "7", &[]));
+        assert!(holder(&s, "10.0.0.3").is_none());
+        assert_eq!(s.pool("p").unwrap().blocks.blocks().len(), 0);
+    }
+
+    #[test]
+    fn invalid_pools_are_skipped_and_malformed_blocks_quarantined() {
+        let mut s = CacheState::default();
+        let mut bad = pool("p", "1", &[]);
+        bad.spec.subnet_info.gateway = "nonsense".into();
+        s.apply_pool(bad);
+        assert!(s.pool("p").is_none());
+        s.apply_pool(pool("p", "2", &[]));
+        assert!(s.pool("p").is_some());
+        // Offset 2 allocated twice: the window counts as claimed and full.
+        s.apply_block(block(
+            "p-10-0-0-0",
+            "10.0.0.0/26",
+            "3",
+            &[(2, "a"), (2, "b")],
+        ));
+        let ix = s.pool("p").unwrap();
+        assert!(ix.quarantined.contains_key(&window(ip("10.0.0.0"))));
+        assert!(matches!(
+            ix.blocks.plan("node-a", &Owner::pod("ns", "x", "c", "eth1"), None),
+            Plan::Claim { ip: got, .. } if got == ip("10.0.0.64")
+        ));
+        // A layout change keeps it full.
+        s.apply_pool(pool("p", "4", &["10.0.0.200"]));
+        let ix = s.pool("p").unwrap();
+        assert_eq!(ix.blocks.block(window(ip("10.0.0.0"))).unwrap().capacity, 0);
+        // Fixed: usable again.
+        s.apply_block(block("p-10-0-0-0", "10.0.0.0/26", "5", &[(2, "a")]));
+        let ix = s.pool("p").unwrap();
+        assert!(ix.quarantined.is_empty());
+        assert_eq!(holder(&s, "10.0.0.2").as_deref(), Some("a"));
+        // The pool is deleted: unknown.
+        s.delete_pool(&pool("p", "4", &[]));
+        assert!(s.pool("p").is_none());
+    }
+
+    #[test]
+    fn a_relist_drops_blocks_deleted_while_the_watch_was_down() {
+        let mut s = CacheState::default();
+        s.apply_pool(pool("p", "1", &[]));
+        s.apply_block(block("p-10-0-0-0", "10.0.0.0/26", "5", &[(2, "a")]));
+        s.apply_block(block("p-10-0-0-64", "10.0.0.64/26", "6", &[(0, "b")]));
+        s.begin_block_relist();
+        s.relist_block(block("p-10-0-0-64", "10.0.0.64/26", "6", &[(0, "b")]));
+        s.end_block_relist();
+        assert!(holder(&s, "10.0.0.2").is_none());
+        assert_eq!(holder(&s, "10.0.0.64").as_deref(), Some("b"));
+    }
+}

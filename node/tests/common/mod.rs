@@ -1,0 +1,161 @@
+//! Helpers shared by the IPAM integration tests: an embedded API server
+//! with Spur's CRDs, pools, agents, and the stored allocation state.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use kube::{Client, CustomResourceExt};
+use spur_core::ipam::address;
+use spur_core::ipamblock::{IPAMBlock, Owner, OwnerKey};
+use spur_core::ippool::{IPPool, IPPoolSpec, IpRange, SubnetInfo};
+use spur_core::pool::Family;
+use spur_kubeapi::ApiServer;
+use spur_node::ipam::{Ipam, IpamConfig, RetryPolicy};
+
+pub fn client(server: &ApiServer) -> Client {
+    Client::new(server.service(), "default")
+}
+
+/// A fresh server with the IPPool and IPAMBlock CRDs.
+pub async fn server() -> ApiServer {
+    let server = ApiServer::in_memory();
+    let crds: Api<CustomResourceDefinition> = Api::all(client(&server));
+    for crd in [IPPool::crd(), IPAMBlock::crd()] {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    server
+}
+
+/// Creates a pool: ranges are CIDRs or `start-end`.
+pub async fn pool(server: &ApiServer, name: &str, ranges: &[&str], gateway: &str, prefix: u8) {
+    pool_with_vlan(server, name, ranges, gateway, prefix, None).await
+}
+
+pub async fn pool_with_vlan(
+    server: &ApiServer,
+    name: &str,
+    ranges: &[&str],
+    gateway: &str,
+    prefix: u8,
+    vlan: Option<u16>,
+) {
+    let pools: Api<IPPool> = Api::all(client(server));
+    pools
+        .create(
+            &PostParams::default(),
+            &IPPool::new(
+                name,
+                IPPoolSpec {
+                    ip_ranges: ranges
+                        .iter()
+                        .map(|r| {
+                            if r.contains('/') {
+                                IpRange::cidr(*r)
+                            } else {
+                                let (a, b) = r.split_once('-').unwrap();
+                                IpRange::start_end(a, b)
+                            }
+                        })
+                        .collect(),
+                    subnet_info: SubnetInfo {
+                        gateway: gateway.into(),
+                        prefix_length: prefix,
+                        vlan,
+                    },
+                    exclude: vec![],
+                },
+            ),
+        )
+        .await
+        .unwrap();
+}
+
+/// Test configuration: small bounds, fast seeded backoff.
+pub fn config(seed: u64) -> IpamConfig {
+    IpamConfig {
+        timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(1),
+        retry: RetryPolicy {
+            base: Duration::from_millis(2),
+            max: Duration::from_millis(50),
+            max_attempts: 16,
+        },
+        seed: Some(seed),
+    }
+}
+
+/// An agent's allocator with a synced cache, knowing `pools`.
+pub async fn agent(server: &ApiServer, seed: u64, pools: &[&str]) -> Ipam {
+    let ipam = Ipam::start(client(server), config(seed));
+    tokio::time::timeout(Duration::from_secs(10), ipam.cache().wait_ready())
+        .await
+        .expect("cache ready");
+    for p in pools {
+        wait_until(|| ipam.cache().layout(p).is_some()).await;
+    }
+    ipam
+}
+
+/// Polls `cond` until it holds (10 s of tokio time at most).
+pub async fn wait_until(mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in time"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The blocks as stored (read from the store, not through the API).
+pub fn stored_blocks(server: &ApiServer) -> Vec<IPAMBlock> {
+    server
+        .store()
+        .objects_of("spur.dev", "ipamblocks")
+        .into_iter()
+        .map(|v| serde_json::from_value(v.clone()).unwrap())
+        .collect()
+}
+
+/// Every stored allocation: address -> (pool, node of the block, owner).
+/// Panics when an address appears twice.
+pub fn stored(server: &ApiServer) -> BTreeMap<IpAddr, (String, String, Owner)> {
+    let mut out = BTreeMap::new();
+    for b in stored_blocks(server) {
+        let net: ipnet::IpNet = b.spec.cidr.parse().unwrap();
+        let family = Family::of_net(&net);
+        let base = spur_core::pool::to_u128(net.network());
+        for a in &b.spec.allocations {
+            let ip = address(family, base, u32::from(a.offset));
+            let prev = out.insert(
+                ip,
+                (b.spec.pool.clone(), b.spec.node.clone(), a.owner.clone()),
+            );
+            assert!(prev.is_none(), "{ip} is stored twice");
+        }
+    }
+    out
+}
+
+/// What `key` holds, as stored.
+pub fn held_by(server: &ApiServer, key: &OwnerKey) -> Vec<IpAddr> {
+    stored(server)
+        .into_iter()
+        .filter(|(_, (_, _, o))| o.key() == *key)
+        .map(|(ip, _)| ip)
+        .collect()
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+pub fn pod(name: &str) -> Owner {
+    Owner::pod("default", name, &format!("c-{name}"), "eth1")
+}
