@@ -13,6 +13,7 @@
 
 pub mod allocator;
 pub mod cni;
+pub mod cniproto;
 pub mod config;
 pub mod error;
 pub mod ipam;
