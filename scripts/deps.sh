@@ -28,6 +28,7 @@ done
 case "$want" in
   test)
     need kubectl kubectl          # the embedded API server's kubectl tests
+    need ovsdb-server openvswitch-switch  # the OVSDB client's tests (node/tests/ovsdb.rs)
     ;;
   demo) ;;
   *) echo "deps: unknown group '$want' (expected test or demo)" >&2; exit 2 ;;
