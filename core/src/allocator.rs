@@ -8,8 +8,10 @@
 //! 2. a requested address: refused when another owner holds it or the pool
 //!    cannot hand it out;
 //! 3. the lowest free address of the lowest block affine to the node;
-//! 4. a new block: the lowest unclaimed window, claimed for the node by
-//!    creating it with the allocation in it (one write);
+//! 4. a new block: the first unclaimed window from a start that a hash of
+//!    the node's name picks (so nodes starting together do not race for
+//!    the same window), claimed for the node by creating it with the
+//!    allocation in it (one write);
 //! 5. the lowest free address of another node's block (borrowing, only when
 //!    the pool has no unclaimed window left);
 //! 6. exhausted.
@@ -20,8 +22,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::ipam::{
-    address, capacity_mask, first_unclaimed_window, lowest_free, offset_of, window_of, Claimed,
-    BLOCK_SIZE,
+    address, capacity_mask, claim_start, first_unclaimed_window_from, lowest_free, offset_of,
+    window_of, Claimed, BLOCK_SIZE,
 };
 use crate::ipamblock::{BlockAllocation, IPAMBlock, Owner, OwnerKey};
 use crate::ippool::PoolLayout;
@@ -483,7 +485,8 @@ impl PoolBlocks {
         {
             return plan;
         }
-        if let Some(base) = first_unclaimed_window(&self.layout, &self.claimed) {
+        let start = claim_start(&self.layout, node);
+        if let Some(base) = first_unclaimed_window_from(&self.layout, &self.claimed, start) {
             if let Some(offset) = lowest_free(capacity_mask(&self.layout, base), 0) {
                 return Plan::Claim {
                     ip: address(family, base, offset),
@@ -566,6 +569,7 @@ impl PoolBlocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipam::claim_start;
     use crate::ippool::{IPPoolSpec, IpRange, SubnetInfo};
     use proptest::prelude::*;
     use std::collections::HashSet;
@@ -598,14 +602,21 @@ mod tests {
     #[test]
     fn nodes_fill_their_own_blocks_then_claim_then_borrow() {
         let mut pb = PoolBlocks::new(layout("10.0.0.0/25", "10.0.0.1", 24));
+        // Two windows: .0-.63 (first free .2: .0 opens the cidr, .1 is the
+        // gateway) and .64-.127.
+        let (w0, w1) = (window_of(ip("10.0.0.0")), window_of(ip("10.0.0.64")));
+        let first = |w: u128| if w == w0 { 2 } else { 0 };
+        let at = |w: u128, off: u32| address(Family::V4, w, off);
+        // node-a claims the window its name hashes to.
+        let wa = claim_start(pb.layout(), "node-a");
         let a1 = Owner::pod("ns", "a1", "c", "eth1");
         let p = pb.plan("node-a", &a1, None);
         assert_eq!(
             p,
             Plan::Claim {
-                ip: ip("10.0.0.2"),
-                base: window_of(ip("10.0.0.0")),
-                offset: 2
+                ip: at(wa, first(wa)),
+                base: wa,
+                offset: first(wa)
             }
         );
         commit(&mut pb, &p, "node-a", &a1);
@@ -614,15 +625,16 @@ mod tests {
             pb.plan("node-a", &a1, None),
             Plan::Held { refresh: false, .. }
         ));
-        // Another node claims the next window.
+        // Another node claims the other window, wherever its search starts.
+        let wb = if wa == w0 { w1 } else { w0 };
         let b1 = Owner::pod("ns", "b1", "c", "eth1");
         let p = pb.plan("node-b", &b1, None);
         assert_eq!(
             p,
             Plan::Claim {
-                ip: ip("10.0.0.64"),
-                base: window_of(ip("10.0.0.64")),
-                offset: 0
+                ip: at(wb, first(wb)),
+                base: wb,
+                offset: first(wb)
             }
         );
         commit(&mut pb, &p, "node-b", &b1);
@@ -631,26 +643,28 @@ mod tests {
         assert_eq!(
             pb.plan("node-a", &a2, None),
             Plan::Take {
-                ip: ip("10.0.0.3"),
-                base: 0x0a00_0000,
-                offset: 3
+                ip: at(wa, first(wa) + 1),
+                base: wa,
+                offset: first(wa) + 1
             }
         );
-        // A third node has no window left: it borrows.
+        // A third node has no window left: it borrows the lowest free address
+        // of the lowest block.
         let c1 = Owner::pod("ns", "c1", "c", "eth1");
         assert_eq!(
             pb.plan("node-c", &c1, None),
             Plan::Take {
                 ip: ip("10.0.0.3"),
-                base: 0x0a00_0000,
+                base: w0,
                 offset: 3
             }
         );
         // Requested addresses.
+        let a1_ip = at(wa, first(wa));
         assert_eq!(
-            pb.plan("node-c", &c1, Some(ip("10.0.0.2"))),
+            pb.plan("node-c", &c1, Some(a1_ip)),
             Plan::RequestedHeld {
-                ip: ip("10.0.0.2"),
+                ip: a1_ip,
                 holder: a1.clone()
             }
         );
@@ -662,16 +676,42 @@ mod tests {
             pb.plan("node-c", &c1, Some(ip("10.0.0.70"))),
             Plan::Take {
                 ip: ip("10.0.0.70"),
-                base: 0x0a00_0040,
+                base: w1,
                 offset: 6
             }
         );
         // Release.
         let (base, state) = pb.release(&a1.key()).unwrap();
         pb.put(base, state);
-        assert_eq!(pb.holder(ip("10.0.0.2")), None);
+        assert_eq!(pb.holder(a1_ip), None);
         assert_eq!(pb.release(&a1.key()), None, "releasing twice finds nothing");
         assert_eq!(pb.used(), 1);
+    }
+
+    #[test]
+    fn nodes_starting_together_claim_different_windows() {
+        let mut pb = PoolBlocks::new(layout("10.0.0.0/16", "10.0.0.1", 16));
+        let mut bases = BTreeSet::new();
+        for n in 0..50 {
+            let node = format!("node-{n}");
+            let o = Owner::pod("ns", &node, "c", "eth1");
+            // Every node plans against the same (empty) view, as nodes that
+            // start at the same moment do.
+            if let Plan::Claim { base, .. } =
+                PoolBlocks::new(pb.layout().clone()).plan(&node, &o, None)
+            {
+                bases.insert(base);
+            }
+            let p = pb.plan(&node, &o, None);
+            commit(&mut pb, &p, &node, &o);
+        }
+        // 50 nodes in 1024 windows: a few may share a start, most do not.
+        assert!(bases.len() >= 45, "{} distinct first windows", bases.len());
+        assert_eq!(
+            pb.blocks().len(),
+            50,
+            "each node claimed a block of its own"
+        );
     }
 
     #[test]
@@ -679,13 +719,16 @@ mod tests {
         let mut pb = PoolBlocks::new(layout("10.0.0.0/24", "10.0.0.1", 24));
         let first = Owner::stateful_set("ns", "db", 0, "eth1", "db-0", "c1");
         let p = pb.plan("node-a", &first, None);
+        let Plan::Claim { ip: first_ip, .. } = p else {
+            panic!("{p:?}")
+        };
         commit(&mut pb, &p, "node-a", &first);
         let again = Owner::stateful_set("ns", "db", 0, "eth1", "db-0", "c2");
         match pb.plan("node-b", &again, None) {
             Plan::Held {
                 ip: got, refresh, ..
             } => {
-                assert_eq!(got, ip("10.0.0.2"));
+                assert_eq!(got, first_ip);
                 assert!(refresh, "the new container is recorded");
             }
             other => panic!("{other:?}"),
@@ -697,21 +740,33 @@ mod tests {
         let mut pb = PoolBlocks::new(layout("10.0.0.0/24", "10.0.0.1", 24));
         let o = Owner::pod("ns", "o", "c", "eth1");
         let other = Owner::pod("ns", "x", "c", "eth1");
-        // o moves to a requested address in another window: for a while it
-        // holds both.
+        // o moves to a requested address: for a while it holds both.
         let p = pb.plan("n", &o, None);
+        let (Plan::Claim { ip: first_ip, .. } | Plan::Take { ip: first_ip, .. }) = p else {
+            panic!("{p:?}")
+        };
         commit(&mut pb, &p, "n", &o);
-        let p = pb.plan("n", &o, Some(ip("10.0.0.70")));
-        assert!(matches!(p, Plan::Claim { .. }), "{p:?}");
+        let moved = if first_ip == ip("10.0.0.70") {
+            ip("10.0.0.200")
+        } else {
+            ip("10.0.0.70")
+        };
+        let p = pb.plan("n", &o, Some(moved));
+        assert!(matches!(p, Plan::Claim { .. } | Plan::Take { .. }), "{p:?}");
         commit(&mut pb, &p, "n", &o);
-        // Another owner's allocation rewrites the first block, o's entry in it
-        // included; then o's first address goes.
+        // Another owner's allocation rewrites one of o's blocks, o's entry in
+        // it included; then o's lower address goes.
         let p = pb.plan("n", &other, None);
         commit(&mut pb, &p, "n", &other);
+        let (low, high) = if to_u128(first_ip) < to_u128(moved) {
+            (first_ip, moved)
+        } else {
+            (moved, first_ip)
+        };
         let (base, state) = pb.release(&o.key()).unwrap();
-        assert_eq!(base, 0x0a00_0000, "the lowest goes first");
+        assert_eq!(base, window_of(low), "the lowest goes first");
         pb.put(base, state);
-        assert_eq!(pb.find(&o.key()).map(|f| f.0), Some(ip("10.0.0.70")));
+        assert_eq!(pb.find(&o.key()).map(|f| f.0), Some(high));
         let (base, state) = pb.release(&o.key()).unwrap();
         pb.put(base, state);
         assert_eq!(pb.find(&o.key()), None);

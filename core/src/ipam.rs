@@ -155,9 +155,28 @@ impl Claimed {
 /// not claimed. Costs `O(spans + runs skipped)`, whatever the pool's size
 /// and however many windows are claimed.
 pub fn first_unclaimed_window(layout: &PoolLayout, claimed: &Claimed) -> Option<u128> {
+    unclaimed_at_or_above(layout, claimed, 0)
+}
+
+/// The first unclaimed window at or above `from`, wrapping around to the
+/// lowest one: nodes that start their search at different windows do not
+/// race each other for the same block.
+pub fn first_unclaimed_window_from(
+    layout: &PoolLayout,
+    claimed: &Claimed,
+    from: u128,
+) -> Option<u128> {
+    unclaimed_at_or_above(layout, claimed, from)
+        .or_else(|| unclaimed_at_or_above(layout, claimed, 0))
+}
+
+fn unclaimed_at_or_above(layout: &PoolLayout, claimed: &Claimed, from: u128) -> Option<u128> {
     let step = BLOCK_SIZE as u128;
-    let mut floor: u128 = 0;
+    let mut floor: u128 = from & !BLOCK_MASK;
     for s in layout.allocatable().spans() {
+        if s.hi < floor {
+            continue;
+        }
         let mut w = (s.lo & !BLOCK_MASK).max(floor);
         let last = s.hi & !BLOCK_MASK;
         while w <= last {
@@ -170,6 +189,47 @@ pub fn first_unclaimed_window(layout: &PoolLayout, claimed: &Claimed) -> Option<
             }
         }
         floor = w;
+    }
+    None
+}
+
+/// Where a node starts looking for a window to claim: a window chosen by a
+/// hash of the node's name, so that nodes starting together spread over
+/// the pool instead of all claiming its lowest window. Stable for a node
+/// and a pool.
+pub fn claim_start(layout: &PoolLayout, node: &str) -> u128 {
+    let count = window_count(layout);
+    if count == 0 {
+        return 0;
+    }
+    // FNV-1a: stable across runs and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.bytes().chain(layout.name.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    nth_window(layout, u128::from(h) % count).unwrap_or(0)
+}
+
+/// The `k`-th window (ascending) of the pool that holds allocatable
+/// addresses, in `O(spans)`.
+pub fn nth_window(layout: &PoolLayout, mut k: u128) -> Option<u128> {
+    let mut last: Option<u128> = None;
+    for s in layout.allocatable().spans() {
+        let first = s.lo & !BLOCK_MASK;
+        let lastw = s.hi & !BLOCK_MASK;
+        let from = match last {
+            Some(l) if l >= first => l + BLOCK_SIZE as u128,
+            _ => first,
+        };
+        if from <= lastw {
+            let n = ((lastw - from) >> BLOCK_SIZE.trailing_zeros()) + 1;
+            if k < n {
+                return Some(from + (k << BLOCK_SIZE.trailing_zeros()));
+            }
+            k -= n;
+        }
+        last = Some(last.map_or(lastw, |l| l.max(lastw)));
     }
     None
 }
@@ -385,6 +445,16 @@ mod tests {
             picked.iter().for_each(|&w| claimed.insert(w));
             let expect = brute.iter().copied().find(|w| !picked.contains(w));
             prop_assert_eq!(first_unclaimed_window(&p, &claimed), expect);
+            for (k, &w) in brute.iter().enumerate() {
+                prop_assert_eq!(nth_window(&p, k as u128), Some(w));
+                let wrapped = brute.iter().copied().filter(|x| *x >= w).chain(brute.iter().copied())
+                    .find(|x| !picked.contains(x));
+                prop_assert_eq!(first_unclaimed_window_from(&p, &claimed, w), wrapped);
+            }
+            prop_assert_eq!(nth_window(&p, brute.len() as u128), None);
+            if !brute.is_empty() {
+                prop_assert!(brute.contains(&claim_start(&p, "node-a")));
+            }
         }
     }
 }

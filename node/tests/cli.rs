@@ -90,9 +90,9 @@ async fn ipam_show_lists_who_holds_what_sorted_by_address() {
         String::from_utf8(out.stdout).unwrap(),
         "IPPool vlan100-ipv4: 126 addresses, 3 used, 2 blocks\n\
          ADDRESS     NODE    OWNER                                                CONTAINER\n\
-         10.10.1.2   node-a  Pod default/web-1 interface eth1 (container c0ffee)  c0ffee\n\
-         10.10.1.3   node-a  Pod default/web-2 interface net1 (container beef)    beef\n\
-         10.10.1.64  node-b  StatefulSet db/pg ordinal 0 interface eth1           f00d\n"
+         10.10.1.2   node-b  StatefulSet db/pg ordinal 0 interface eth1           f00d\n\
+         10.10.1.64  node-a  Pod default/web-1 interface eth1 (container c0ffee)  c0ffee\n\
+         10.10.1.65  node-a  Pod default/web-2 interface net1 (container beef)    beef\n"
     );
 
     let out = spur_agent(vec![

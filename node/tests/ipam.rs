@@ -37,10 +37,26 @@ async fn claim_then_take_costs_one_write_per_allocation_and_no_read() {
         assert_eq!(r.len(), 1);
         got.push(r[0].ip());
     }
-    // Lowest first: .2 .. .63 fill the first block, then the next window.
-    assert_eq!(got[0], ip("10.10.1.2"));
-    assert_eq!(got[61], ip("10.10.1.63"));
-    assert_eq!(got[62], ip("10.10.1.64"));
+    // The node's first window fills lowest first, then it claims another.
+    let l = layout("p", &["10.10.1.0/24"], "10.10.1.1", 24);
+    let w = spur_core::ipam::window_of(got[0]);
+    assert_eq!(got[0], first_address(&l, "node-a"));
+    let in_first = got
+        .iter()
+        .take_while(|a| spur_core::ipam::window_of(**a) == w)
+        .count();
+    assert_eq!(
+        in_first as u32,
+        spur_core::ipam::capacity_mask(&l, w).count_ones()
+    );
+    assert_eq!(
+        got[in_first - 1],
+        plus(got[0], in_first as u128 - 1),
+        "consecutive"
+    );
+    assert!(got[in_first..]
+        .iter()
+        .all(|a| spur_core::ipam::window_of(*a) != w));
     let stats = server.stats()["ipamblocks"].clone();
     assert_eq!(
         (stats.writes, stats.conflicts, stats.reads),
@@ -106,14 +122,19 @@ async fn two_nodes_keep_to_their_own_blocks_until_no_window_is_left() {
             "{ip}: allocated in another node's block"
         );
     }
-    // node-a fills its block and claims the two windows left, then borrows.
-    let mut last = None;
-    for i in 40..189 {
-        let r = a
-            .allocate(&req("node-a", pod(&format!("a{i}")), &["p"]))
+    // node-a fills its block and claims the windows left, then borrows.
+    let l = layout("p", &["10.20.0.0/24"], "10.20.0.1", 24);
+    let b_window = stored(&server)
+        .iter()
+        .find(|(_, (_, n, _))| n == "node-b")
+        .map(|(a, _)| spur_core::ipam::window_of(*a))
+        .unwrap();
+    let b_cap = spur_core::ipam::capacity_mask(&l, b_window).count_ones() as usize;
+    let a_total = 253 - b_cap;
+    for i in 40..a_total {
+        a.allocate(&req("node-a", pod(&format!("a{i}")), &["p"]))
             .await
             .unwrap();
-        last = Some(r[0].ip());
     }
     let s = stored(&server);
     assert!(
@@ -121,19 +142,18 @@ async fn two_nodes_keep_to_their_own_blocks_until_no_window_is_left() {
             .all(|(_, node, owner)| *node == node_of_owner(owner)),
         "no borrowing while a window is unclaimed"
     );
-    assert_eq!(last, Some(ip("10.20.0.254")));
+    assert_eq!(s.len(), a_total + 40);
     // No unclaimed window left: the next address comes from node-b's block.
     let borrowed = a
-        .allocate(&req("node-a", pod("a189"), &["p"]))
+        .allocate(&req("node-a", pod("borrowed"), &["p"]))
         .await
         .unwrap()[0]
         .ip();
-    assert_eq!(s.len(), 229);
     let (_, node, _) = &stored(&server)[&borrowed];
     assert_eq!(node, "node-b", "{borrowed} borrowed from node-b's block");
     // The rest of node-b's block, then exhaustion naming the pool.
-    for i in 190..213 {
-        a.allocate(&req("node-a", pod(&format!("a{i}")), &["p"]))
+    for i in 0..(b_cap - 40 - 1) {
+        a.allocate(&req("node-a", pod(&format!("rest{i}")), &["p"]))
             .await
             .unwrap();
     }
@@ -338,6 +358,10 @@ async fn dual_stack_gets_one_address_per_family_and_is_all_or_nothing() {
     pool(&server, "v4b", &["10.41.0.0/24"], "10.41.0.1", 24).await;
     pool(&server, "v6", &["fd00:40::/120"], "fd00:40::1", 64).await;
     let a = agent(&server, 11, &["v4a", "v4b", "v6"]).await;
+    let v6_first = first_address(
+        &layout("v6", &["fd00:40::/120"], "fd00:40::1", 64),
+        "node-a",
+    );
     let got = a
         .allocate(&req("node-a", pod("ds"), &["v4a", "v4b", "v6"]))
         .await
@@ -350,7 +374,15 @@ async fn dual_stack_gets_one_address_per_family_and_is_all_or_nothing() {
             got[0].gateway,
             got[0].vlan
         ),
-        ("v4a", "10.40.0.2/24".to_string(), ip("10.40.0.1"), 100)
+        (
+            "v4a",
+            format!(
+                "{}/24",
+                first_address(&layout("v4a", &["10.40.0.0/24"], "10.40.0.1", 24), "node-a")
+            ),
+            ip("10.40.0.1"),
+            100
+        )
     );
     assert_eq!(
         (
@@ -358,13 +390,13 @@ async fn dual_stack_gets_one_address_per_family_and_is_all_or_nothing() {
             got[1].address.to_string(),
             got[1].vlan
         ),
-        ("v6", "fd00:40::2/64".to_string(), 0)
+        ("v6", format!("{}/64", v6_first), 0)
     );
     // The IPv6 address asked for is held: the IPv4 address this call
     // allocated is released again before the error is returned.
     let holder = pod("ds");
     let e = a
-        .allocate(&req("node-a", pod("other"), &["v4a", "v6"]).with_address(ip("fd00:40::2")))
+        .allocate(&req("node-a", pod("other"), &["v4a", "v6"]).with_address(v6_first))
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::AddressInUse);
@@ -393,15 +425,28 @@ async fn an_ipv6_slash_64_pool_works() {
                 .to_string(),
         );
     }
-    assert_eq!(got, ["fd00:10::2/64", "fd00:10::3/64", "fd00:10::4/64"]);
+    // The window node-a's name hashes to, somewhere in the 2^58 windows.
+    let l = layout("v6", &["fd00:10::/64"], "fd00:10::1", 64);
+    let first = first_address(&l, "node-a");
+    let want: Vec<String> = (0..3).map(|i| format!("{}/64", plus(first, i))).collect();
+    assert_eq!(got, want);
     let blocks = stored_blocks(&server);
     assert_eq!(blocks.len(), 1);
-    assert_eq!(blocks[0].spec.cidr, "fd00:10::/122");
-    // Another node claims the next window, far below the pool's 2^64.
+    assert_eq!(
+        blocks[0].spec.cidr,
+        format!(
+            "{}/122",
+            spur_core::pool::from_u128(
+                spur_core::pool::Family::V6,
+                spur_core::ipam::window_of(first)
+            )
+        )
+    );
+    // Another node claims a window of its own.
     let b = agent(&server, 13, &["v6"]).await;
     wait_until(|| b.cache().pool("v6").is_some_and(|p| p.used() == 3)).await;
     let r = b.allocate(&req("node-b", pod("q"), &["v6"])).await.unwrap();
-    assert_eq!(r[0].address.to_string(), "fd00:10::40/64");
+    assert_eq!(r[0].ip(), first_address(&l, "node-b"));
 }
 
 #[tokio::test]
@@ -409,9 +454,11 @@ async fn injected_conflict_storms_are_retried() {
     let server = server().await;
     pool(&server, "p", &["10.50.0.0/24"], "10.50.0.1", 24).await;
     let a = agent(&server, 14, &["p"]).await;
-    a.allocate(&req("node-a", pod("first"), &["p"]))
+    let first = a
+        .allocate(&req("node-a", pod("first"), &["p"]))
         .await
-        .unwrap();
+        .unwrap()[0]
+        .ip();
     server.reset_stats();
     server
         .faults()
@@ -420,7 +467,7 @@ async fn injected_conflict_storms_are_retried() {
         .allocate(&req("node-a", pod("second"), &["p"]))
         .await
         .unwrap();
-    assert_eq!(r[0].ip(), ip("10.50.0.3"));
+    assert_eq!(r[0].ip(), plus(first, 1));
     let stats = server.stats()["ipamblocks"].clone();
     assert_eq!((stats.writes, stats.conflicts), (1, 5));
     assert_eq!(stats.reads, 5, "one GET of the block per conflict");
@@ -442,7 +489,7 @@ async fn injected_conflict_storms_are_retried() {
             .await
             .unwrap()[0]
             .ip(),
-        ip("10.50.0.4")
+        plus(first, 2)
     );
 }
 
@@ -608,7 +655,7 @@ async fn a_late_stale_block_version_does_not_make_the_node_conflict_with_itself(
     let server = server().await;
     pool(&server, "p", &["10.64.0.0/24"], "10.64.0.1", 24).await;
     let a = agent(&server, 20, &["p"]).await;
-    a.allocate(&req("node-a", pod("x"), &["p"])).await.unwrap();
+    let x = a.allocate(&req("node-a", pod("x"), &["p"])).await.unwrap()[0].ip();
     let name = stored_blocks(&server)[0].metadata.name.clone().unwrap();
     let blocks: Api<IPAMBlock> = Api::all(client(&server));
     let v1 = blocks.get(&name).await.unwrap();
@@ -618,7 +665,7 @@ async fn a_late_stale_block_version_does_not_make_the_node_conflict_with_itself(
     assert!(!a.cache().write_through(v1));
     server.reset_stats();
     let z = a.allocate(&req("node-a", pod("z"), &["p"])).await.unwrap();
-    assert_eq!(z[0].ip(), ip("10.64.0.4"));
+    assert_eq!(z[0].ip(), plus(x, 2));
     let stats = server.stats()["ipamblocks"].clone();
     assert_eq!((stats.writes, stats.conflicts), (1, 0));
 }

@@ -159,3 +159,40 @@ pub fn ip(s: &str) -> IpAddr {
 pub fn pod(name: &str) -> Owner {
     Owner::pod("default", name, &format!("c-{name}"), "eth1")
 }
+
+/// The layout of a pool made by [`pool`] (one range per CIDR).
+pub fn layout(
+    name: &str,
+    ranges: &[&str],
+    gateway: &str,
+    prefix: u8,
+) -> spur_core::ippool::PoolLayout {
+    use spur_core::ippool::{IPPoolSpec, IpRange, PoolLayout, SubnetInfo};
+    PoolLayout::from_spec(
+        name,
+        &IPPoolSpec {
+            ip_ranges: ranges.iter().map(|r| IpRange::cidr(*r)).collect(),
+            subnet_info: SubnetInfo {
+                gateway: gateway.into(),
+                prefix_length: prefix,
+                vlan: None,
+            },
+            exclude: vec![],
+        },
+    )
+    .unwrap()
+}
+
+/// Where `node`'s first claim in an empty pool lands: the window its name
+/// hashes to, at the window's lowest allocatable address.
+pub fn first_address(layout: &spur_core::ippool::PoolLayout, node: &str) -> IpAddr {
+    use spur_core::ipam::{capacity_mask, claim_start, lowest_free};
+    let w = claim_start(layout, node);
+    let off = lowest_free(capacity_mask(layout, w), 0).unwrap();
+    address(layout.family, w, off)
+}
+
+/// `ip` plus `n`.
+pub fn plus(ip: IpAddr, n: u128) -> IpAddr {
+    spur_core::pool::from_u128(Family::of(ip), spur_core::pool::to_u128(ip) + n)
+}
