@@ -534,24 +534,30 @@ fn resource_list(store: &Store, group: &str, version: &str) -> Reply {
 
 /// Renders one watch event as a line of the watch stream.
 pub fn render_event(ev: &WatchEvent, format: &WatchFormat, now_unix: i64) -> Vec<u8> {
-    let object = match (&format.table, ev.type_) {
-        (
-            Some(cols),
-            crate::store::EventType::Added
-            | crate::store::EventType::Modified
-            | crate::store::EventType::Deleted,
-        ) => table::render_table(
-            cols,
-            std::slice::from_ref(&ev.object),
-            now_unix,
-            table::IncludeObject::Metadata,
-            json!({"resourceVersion": ev.object.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)}),
-        ),
-        _ => ev.object.clone(),
-    };
-    let mut line = serde_json::to_vec(&json!({"type": ev.type_.as_str(), "object": object}))
-        .unwrap_or_default();
-    line.push(b'\n');
+    use crate::store::EventType;
+    let head = format!("{{\"type\":\"{}\",\"object\":", ev.type_.as_str());
+    let mut line = head.into_bytes();
+    match (&format.table, ev.type_) {
+        (Some(cols), EventType::Added | EventType::Modified | EventType::Deleted) => {
+            let rv = ev
+                .object
+                .value
+                .pointer("/metadata/resourceVersion")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let table = table::render_table(
+                cols,
+                std::slice::from_ref(&ev.object.value),
+                now_unix,
+                table::IncludeObject::Metadata,
+                json!({ "resourceVersion": rv }),
+            );
+            line.extend(serde_json::to_vec(&table).unwrap_or_default());
+        }
+        // The plain form is serialized once and shared by every watcher.
+        _ => line.extend_from_slice(ev.object.json()),
+    }
+    line.extend_from_slice(b"}\n");
     line
 }
 

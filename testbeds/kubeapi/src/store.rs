@@ -131,8 +131,39 @@ impl EventType {
 pub struct WatchEvent {
     /// Event type.
     pub type_: EventType,
-    /// The object (already in the watched version).
-    pub object: Value,
+    /// The object (already in the watched version), shared by every
+    /// watcher of that version.
+    pub object: Arc<SharedObject>,
+}
+
+/// An object sent to many watchers: one copy, serialized at most once.
+#[derive(Debug)]
+pub struct SharedObject {
+    /// The object.
+    pub value: Value,
+    json: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl SharedObject {
+    /// Wraps an object.
+    pub fn new(value: Value) -> Arc<SharedObject> {
+        Arc::new(SharedObject {
+            value,
+            json: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The object as JSON, serialized on first use.
+    pub fn json(&self) -> &[u8] {
+        self.json
+            .get_or_init(|| serde_json::to_vec(&self.value).unwrap_or_default())
+    }
+}
+
+impl PartialEq for SharedObject {
+    fn eq(&self, other: &SharedObject) -> bool {
+        self.value == other.value
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1147,10 +1178,22 @@ impl Store {
 
     fn emit(&mut self, ev: Logged) {
         self.watchers.retain(|w| !w.tx.is_closed());
+        // One copy of the object per served version, shared by its watchers.
+        let mut copies: Vec<(String, Arc<SharedObject>)> = Vec::new();
         for w in &self.watchers {
-            if let Some(out) = event_for(&w.spec, &ev) {
-                let _ = w.tx.send(out);
-            }
+            let Some(type_) = event_type_for(&w.spec, &ev) else {
+                continue;
+            };
+            let version = w.spec.resource.api_version();
+            let object = match copies.iter().find(|(v, _)| *v == version) {
+                Some((_, o)) => o.clone(),
+                None => {
+                    let o = SharedObject::new(in_version(&ev.object, &w.spec.resource));
+                    copies.push((version, o.clone()));
+                    o
+                }
+            };
+            let _ = w.tx.send(WatchEvent { type_, object });
         }
         self.log.push_back(ev);
         self.trim_log();
@@ -1201,18 +1244,18 @@ impl Store {
                 if ns_matches(&spec, obj) && selected(obj, &spec.labels, &spec.fields) {
                     let _ = tx.send(WatchEvent {
                         type_: EventType::Added,
-                        object: in_version(obj, &res),
+                        object: SharedObject::new(in_version(obj, &res)),
                     });
                 }
             }
             if initial_events {
                 let _ = tx.send(WatchEvent {
                     type_: EventType::Bookmark,
-                    object: json!({
+                    object: SharedObject::new(json!({
                         "kind": res.kind, "apiVersion": res.api_version(),
                         "metadata": {"resourceVersion": self.rv.to_string(),
                                      "annotations": {"k8s.io/initial-events-end": "true"}}
-                    }),
+                    })),
                 });
             }
         } else if let Some(from) = from {
@@ -1241,8 +1284,8 @@ impl Store {
             if w.spec.bookmarks {
                 let _ = w.tx.send(WatchEvent {
                     type_: EventType::Bookmark,
-                    object: json!({"kind": w.spec.resource.kind, "apiVersion": w.spec.resource.api_version(),
-                                   "metadata": {"resourceVersion": rv}}),
+                    object: SharedObject::new(json!({"kind": w.spec.resource.kind, "apiVersion": w.spec.resource.api_version(),
+                                   "metadata": {"resourceVersion": rv}})),
                 });
             }
         }
@@ -1276,11 +1319,11 @@ impl Store {
 fn gone_event(from: u64, oldest: u64) -> WatchEvent {
     WatchEvent {
         type_: EventType::Error,
-        object: json!({
+        object: SharedObject::new(json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": format!("too old resource version: {from} ({oldest})"),
             "reason": "Expired", "code": 410
-        }),
+        })),
     }
 }
 
@@ -1291,9 +1334,17 @@ fn ns_matches(spec: &WatchSpec, obj: &Value) -> bool {
     }
 }
 
-/// The event a watcher sees for a logged change, if any: selector moves
-/// turn MODIFIED into ADDED or DELETED, as the real apiserver does.
+/// The event a watcher sees for a logged change, if any.
 fn event_for(spec: &WatchSpec, ev: &Logged) -> Option<WatchEvent> {
+    event_type_for(spec, ev).map(|type_| WatchEvent {
+        type_,
+        object: SharedObject::new(in_version(&ev.object, &spec.resource)),
+    })
+}
+
+/// The type of event a watcher sees for a logged change, if any: selector
+/// moves turn MODIFIED into ADDED or DELETED, as the real apiserver does.
+fn event_type_for(spec: &WatchSpec, ev: &Logged) -> Option<EventType> {
     if ev.key != spec.resource.store_key() {
         return None;
     }
@@ -1319,10 +1370,7 @@ fn event_for(spec: &WatchSpec, ev: &Logged) -> Option<WatchEvent> {
         t if now => t,
         _ => return None,
     };
-    Some(WatchEvent {
-        type_,
-        object: in_version(&ev.object, &spec.resource),
-    })
+    Some(type_)
 }
 
 fn selected(obj: &Value, labels: &LabelSelector, fields: &FieldSelector) -> bool {
