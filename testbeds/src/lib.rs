@@ -19,10 +19,10 @@
 //! to read the directory and to judge their results.
 //!
 //! ```no_run
-//! use spur_testbed::{check, Testbed};
-//! # fn run(_: &Testbed) -> spur_testbed::Report { unimplemented!() }
+//! use spur_testbed::{check, Report, Runner, Testbed};
 //! let testbed = Testbed::load("testbeds/seed-example").map_err(|e| e.to_string())?;
-//! let mut report = run(&testbed);
+//! // A runner fills the report in; an empty one fails every expectation.
+//! let mut report = Report::new(testbed.name.clone(), Runner::Sim);
 //! report.failures = check(&report, &testbed.expect)
 //!     .iter()
 //!     .map(ToString::to_string)
