@@ -53,21 +53,24 @@ pub fn capacity_mask(layout: &PoolLayout, base: u128) -> u64 {
 /// Every window of the pool that holds at least one allocatable address,
 /// ascending, lazily.
 pub fn windows(layout: &PoolLayout) -> impl Iterator<Item = u128> + '_ {
-    let mut last: Option<u128> = None;
-    layout.allocatable().spans().iter().flat_map(move |s| {
-        let start = s.lo & !BLOCK_MASK;
-        let from = match last {
-            Some(l) if l >= start => l + BLOCK_SIZE as u128,
-            _ => start,
-        };
-        let last_window = s.hi & !BLOCK_MASK;
-        last = Some(last.map_or(last_window, |l| l.max(last_window)));
-        let count = if from > last_window {
-            0
-        } else {
-            ((last_window - from) >> BLOCK_SIZE.trailing_zeros()) + 1
-        };
+    window_runs(layout).flat_map(|(from, count)| {
         (0..count).map(move |i| from + (i << BLOCK_SIZE.trailing_zeros()))
+    })
+}
+
+/// The pool's windows as runs `(first window, number of windows)`, one per
+/// span, ascending, each window listed once (two spans can share a window).
+fn window_runs(layout: &PoolLayout) -> impl Iterator<Item = (u128, u128)> + '_ {
+    let mut last: Option<u128> = None;
+    layout.allocatable().spans().iter().filter_map(move |s| {
+        let first = s.lo & !BLOCK_MASK;
+        let lastw = s.hi & !BLOCK_MASK;
+        let from = match last {
+            Some(l) if l >= first => l + BLOCK_SIZE as u128,
+            _ => first,
+        };
+        last = Some(last.map_or(lastw, |l| l.max(lastw)));
+        (from <= lastw).then(|| (from, ((lastw - from) >> BLOCK_SIZE.trailing_zeros()) + 1))
     })
 }
 
@@ -214,22 +217,11 @@ pub fn claim_start(layout: &PoolLayout, node: &str) -> u128 {
 /// The `k`-th window (ascending) of the pool that holds allocatable
 /// addresses, in `O(spans)`.
 pub fn nth_window(layout: &PoolLayout, mut k: u128) -> Option<u128> {
-    let mut last: Option<u128> = None;
-    for s in layout.allocatable().spans() {
-        let first = s.lo & !BLOCK_MASK;
-        let lastw = s.hi & !BLOCK_MASK;
-        let from = match last {
-            Some(l) if l >= first => l + BLOCK_SIZE as u128,
-            _ => first,
-        };
-        if from <= lastw {
-            let n = ((lastw - from) >> BLOCK_SIZE.trailing_zeros()) + 1;
-            if k < n {
-                return Some(from + (k << BLOCK_SIZE.trailing_zeros()));
-            }
-            k -= n;
+    for (from, n) in window_runs(layout) {
+        if k < n {
+            return Some(from + (k << BLOCK_SIZE.trailing_zeros()));
         }
-        last = Some(last.map_or(lastw, |l| l.max(lastw)));
+        k -= n;
     }
     None
 }
@@ -237,21 +229,7 @@ pub fn nth_window(layout: &PoolLayout, mut k: u128) -> Option<u128> {
 /// How many windows of the pool hold allocatable addresses (without
 /// enumerating them when the pool is large).
 pub fn window_count(layout: &PoolLayout) -> u128 {
-    let mut count: u128 = 0;
-    let mut last: Option<u128> = None;
-    for s in layout.allocatable().spans() {
-        let first = s.lo & !BLOCK_MASK;
-        let lastw = s.hi & !BLOCK_MASK;
-        let from = match last {
-            Some(l) if l >= first => l + BLOCK_SIZE as u128,
-            _ => first,
-        };
-        if from <= lastw {
-            count += ((lastw - from) >> BLOCK_SIZE.trailing_zeros()) + 1;
-        }
-        last = Some(last.map_or(lastw, |l| l.max(lastw)));
-    }
-    count
+    window_runs(layout).map(|(_, n)| n).sum()
 }
 
 /// The lowest free offset of a block: allocatable, and not in `used`.

@@ -61,15 +61,32 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// A server over `store`, with faults drawn from `seed`.
+    /// A server over `store`, with faults drawn from `seed`; injected
+    /// latency waits with tokio's sleep.
     pub fn new(store: Store, clock: Arc<dyn Clock>, seed: u64) -> ApiServer {
+        ApiServer::with_sleeper(
+            store,
+            clock,
+            seed,
+            Arc::new(|d| Box::pin(tokio::time::sleep(d))),
+        )
+    }
+
+    /// A server whose injected latency waits with `sleeper` (a simulator's
+    /// own timer, for one).
+    pub fn with_sleeper(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        seed: u64,
+        sleeper: Sleeper,
+    ) -> ApiServer {
         ApiServer {
             inner: Arc::new(Inner {
                 store: Mutex::new(store),
                 stats: Mutex::new(std::collections::BTreeMap::new()),
                 faults: Mutex::new(Faults::new(seed ^ 0x5eed_fa17)),
                 paused: watch::channel(false).0,
-                sleeper: Arc::new(|d| Box::pin(tokio::time::sleep(d))),
+                sleeper,
                 clock,
             }),
         }
@@ -79,22 +96,6 @@ impl ApiServer {
     pub fn in_memory() -> ApiServer {
         let clock: Arc<dyn Clock> = Arc::new(crate::store::SystemClock);
         ApiServer::new(Store::new(clock.clone(), 0), clock, 0)
-    }
-
-    /// Replaces how latency is waited for.
-    pub fn with_sleeper(self, sleeper: Sleeper) -> ApiServer {
-        let inner = match Arc::try_unwrap(self.inner) {
-            Ok(mut i) => {
-                i.sleeper = sleeper;
-                i
-            }
-            Err(shared) => {
-                return ApiServer { inner: shared };
-            }
-        };
-        ApiServer {
-            inner: Arc::new(inner),
-        }
     }
 
     /// Locks the store (admission registration, inspection, watch faults).
