@@ -15,6 +15,22 @@ missing_cmds=()   # "command:debian-package"
 need() { # need COMMAND DEBIAN_PACKAGE
   command -v "$1" >/dev/null 2>&1 || missing_cmds+=("$1:$2")
 }
+need_file() { # need_file PATH DEBIAN_PACKAGE
+  [ -e "$1" ] || missing_cmds+=("$1:$2")
+}
+# What the hardware harness (spur-hil) runs: Open vSwitch in userspace, the
+# reference CNI plugins as the primary CNI and as Multus delegates, and the
+# tools it configures and probes with.
+harness() {
+  need ovsdb-server openvswitch-switch
+  need ovs-vswitchd openvswitch-switch
+  need ip iproute2
+  need ping iputils-ping
+  need ethtool ethtool
+  need_file /usr/lib/cni/ptp containernetworking-plugins
+  need_file /usr/lib/cni/host-local containernetworking-plugins
+  need_file /usr/lib/cni/macvlan containernetworking-plugins
+}
 
 # The Rust toolchain comes from rustup, not from Debian (Debian's is too old).
 for tool in cargo rustfmt cargo-clippy; do
@@ -28,16 +44,22 @@ done
 case "$want" in
   test)
     need kubectl kubectl          # the embedded API server's kubectl tests
-    need ovsdb-server openvswitch-switch  # the OVSDB client's tests (node/tests/ovsdb.rs)
+    harness                       # OVSDB client tests, netlink tests, harness testbeds
     ;;
-  demo) ;;
+  demo)
+    harness
+    # kubectl is optional for the demo (to look at a lab kept with --keep).
+    command -v kubectl >/dev/null 2>&1 || apt-cache show kubectl >/dev/null 2>&1 && need kubectl kubectl || true
+    ;;
   *) echo "deps: unknown group '$want' (expected test or demo)" >&2; exit 2 ;;
 esac
 
 [ ${#missing_cmds[@]} -eq 0 ] && exit 0
 
 pkgs=()
-for m in "${missing_cmds[@]}"; do pkgs+=("${m#*:}"); done
+for m in "${missing_cmds[@]}"; do pkgs+=("${m##*:}"); done
+# One package may provide several missing commands.
+mapfile -t pkgs < <(printf "%s\n" "${pkgs[@]}" | sort -u)
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "deps: missing: ${missing_cmds[*]%%:*}" >&2
   echo "      On Debian, run as root: apt-get install -y ${pkgs[*]}" >&2

@@ -3,12 +3,16 @@
 //! What lives here: the loops the (leader-elected) controller runs against
 //! the Kubernetes API. Today that is [`usage`]: every IPPool's
 //! `status.usage`, computed from the IPAMBlocks and written by this one
-//! writer, only when it changes.
+//! writer, only when it changes. And [`admission`]: which IPPools and
+//! NetworkAttachmentDefinitions the API must refuse, as pure functions and
+//! as validating hooks an API server (the webhook later, the embedded test
+//! server today) calls.
 //!
 //! What does not: the rules themselves (pool layouts, block math, what an
 //! IPAM request means) live in `spur-core`, which this crate calls for
 //! every decision; per-node allocation I/O lives in the agent (`spur-node`);
 //! the `spur-controller` binary, its config file, leader election and
-//! admission webhooks come later.
+//! serving the admission webhook (HTTPS, AdmissionReview) come later.
 
+pub mod admission;
 pub mod usage;

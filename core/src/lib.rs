@@ -12,6 +12,7 @@
 //! the CNI plugin, which call into this crate for every decision.
 
 pub mod allocator;
+pub mod attach;
 pub mod cni;
 pub mod cniproto;
 pub mod config;

@@ -497,6 +497,64 @@ pub fn classify(config: &str, subject: &Subject) -> Result<NetworkKind, Invalid>
     inspect(&view, subject)
 }
 
+/// The NAD annotation naming the device-plugin resource the VFs of an
+/// `sriov` network come from (Multus reads it to fill in `deviceID`).
+pub const RESOURCE_NAME_ANNOTATION: &str = "k8s.v1.cni.cncf.io/resourceName";
+
+/// Checks what a Spur network needs from its NAD beside `spec.config`: an
+/// `sriov` network needs [`RESOURCE_NAME_ANNOTATION`], whose value
+/// (`resource_name`, `None` when the annotation is absent) is an extended
+/// resource name `DOMAIN/NAME` such as `intel.com/sriov_net_A`; a `vlan`
+/// network needs nothing.
+pub fn check_resource_name(
+    config: &SpurNetworkConfig,
+    resource_name: Option<&str>,
+    subject: &Subject,
+) -> Result<(), Invalid> {
+    if config.network_type != NetworkType::Sriov {
+        return Ok(());
+    }
+    let key = format!("metadata.annotations[{RESOURCE_NAME_ANNOTATION}]");
+    let Some(value) = resource_name else {
+        return Err(subject.error(
+            Kind::Missing,
+            key,
+            None,
+            "is required for networkType \"sriov\": it names the device-plugin resource \
+             the VFs come from (like intel.com/sriov_net_A)",
+        ));
+    };
+    match resource_name_problem(value) {
+        None => Ok(()),
+        Some(why) => Err(subject.invalid(key, quoted(value), why)),
+    }
+}
+
+/// Why `s` is not an extended resource name `DOMAIN/NAME`, or `None`.
+fn resource_name_problem(s: &str) -> Option<&'static str> {
+    let Some((domain, name)) = s.split_once('/') else {
+        return Some("must be DOMAIN/NAME (like intel.com/sriov_net_A)");
+    };
+    if dns1123_subdomain_problem(domain).is_some() {
+        return Some("the part before '/' must be a DNS-1123 subdomain (like intel.com)");
+    }
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+        && name
+            .chars()
+            .all(|c| alnum(c) || c == '-' || c == '_' || c == '.');
+    if !ok {
+        return Some(
+            "the part after '/' must be 1-63 letters, digits, '-', '_' and '.', starting \
+             and ending with a letter or digit",
+        );
+    }
+    None
+}
+
 // ---------------------------------------------------------------------------
 // Finding the plugins
 // ---------------------------------------------------------------------------
@@ -2288,6 +2346,55 @@ mod tests {
         insta::assert_snapshot!(
             "unknown_network_type",
             message(net(json!({"networkType": "vxlan"})))
+        );
+    }
+
+    #[test]
+    fn sriov_networks_need_a_resource_name() {
+        let s = subject();
+        let sriov = parse_v(net(json!({"networkType": "sriov"}))).unwrap();
+        let vlan = parse_v(net(json!({}))).unwrap();
+        assert_eq!(check_resource_name(&vlan, None, &s), Ok(()));
+        for good in [
+            "intel.com/sriov_net_A",
+            "mellanox.com/cx5",
+            "a/b",
+            "x.y/a-b.c_9",
+        ] {
+            assert_eq!(
+                check_resource_name(&sriov, Some(good), &s),
+                Ok(()),
+                "{good}"
+            );
+        }
+        let missing = check_resource_name(&sriov, None, &s).unwrap_err();
+        assert_eq!(missing.kind, Kind::Missing);
+        assert_eq!(
+            missing.key,
+            "metadata.annotations[k8s.v1.cni.cncf.io/resourceName]"
+        );
+        for bad in [
+            "",
+            "sriov_net_A",
+            "/sriov",
+            "Intel.com/sriov",
+            "intel.com/",
+            "intel.com/-a",
+            "intel.com/a b",
+            "intel.com/a/b",
+        ] {
+            let e = check_resource_name(&sriov, Some(bad), &s).unwrap_err();
+            assert_eq!(e.kind, Kind::Invalid, "{bad}");
+            assert_eq!(e.value.as_deref(), Some(quoted(bad).as_str()));
+        }
+        let long = format!("intel.com/{}", "a".repeat(64));
+        assert!(check_resource_name(&sriov, Some(&long), &s).is_err());
+        insta::assert_snapshot!(
+            "sriov_without_resource_name",
+            format!(
+                "{missing}\n{}",
+                check_resource_name(&sriov, Some("sriov_net_A"), &s).unwrap_err()
+            )
         );
     }
 

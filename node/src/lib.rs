@@ -13,6 +13,9 @@
 //! SR-IOV, the CNI plugin binary and the controller's garbage collection
 //! live elsewhere too (later issues).
 
+pub mod agent;
 pub mod client;
+pub mod fake;
 pub mod ipam;
+pub mod netdev;
 pub mod ovsdb;

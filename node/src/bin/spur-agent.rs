@@ -1,11 +1,13 @@
 //! `spur-agent`: Spur's node agent.
 //!
 //! ```text
+//! spur-agent run --node-name NODE [--config FILE] [--kubeconfig FILE]
+//!                [--cni-socket PATH] [--ovsdb PATH] [--datapath netdev|system]
 //! spur-agent ipam show POOL [--kubeconfig FILE]
 //! ```
 //!
-//! Today it only inspects: `ipam show` lists who holds which address of an
-//! IPPool. The agent's long-running `run` command comes with later issues.
+//! `run` is the DaemonSet's long-running process (see `spur_node::agent`);
+//! `ipam show` lists who holds which address of an IPPool.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,9 +26,37 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Runs the node agent: serves the spur CNI plugin until SIGTERM.
+    Run(RunArgs),
     /// IP address management.
     #[command(subcommand)]
     Ipam(IpamCommand),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// This node's name (the Pods with this spec.nodeName are served).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// spur-agent.conf (the ConfigMap key, mounted as a file); without it,
+    /// no secondary bridge is configured.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The socket the spur plugin dials (default: the config's cniSocket).
+    #[arg(long, value_name = "PATH")]
+    cni_socket: Option<PathBuf>,
+    /// The OVSDB server's unix socket (default: db.sock in the config's
+    /// ovsRunDir).
+    #[arg(long, value_name = "PATH")]
+    ovsdb: Option<PathBuf>,
+    /// The OVS datapath of the bridges (default: system when the kernel has
+    /// the openvswitch module, else netdev).
+    #[arg(long, value_parser = ["netdev", "system"])]
+    datapath: Option<String>,
+    /// Seconds between two passes of the bridge and stale-port
+    /// reconciliation.
+    #[arg(long, default_value_t = 30)]
+    resync_seconds: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -38,14 +68,21 @@ enum IpamCommand {
     },
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> ExitCode {
+    use std::io::IsTerminal;
+    // Structured events on stderr; `info` unless RUST_LOG says otherwise,
+    // colours only on a terminal (a DaemonSet's log is a file).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run(cli.kubeconfig, args).await.map(|()| String::new()),
         Command::Ipam(IpamCommand::Show { pool }) => show(cli.kubeconfig, &pool).await,
     };
     match result {
@@ -68,4 +105,85 @@ async fn show(kubeconfig: Option<PathBuf>, pool: &str) -> Result<String, String>
         .await
         .map_err(|e| e.to_string())?;
     Ok(spur_node::ipam::show::render(&report))
+}
+
+async fn run(kubeconfig: Option<PathBuf>, args: RunArgs) -> Result<(), String> {
+    use spur_core::config::AgentConfig;
+    use spur_node::agent::{self, cluster::KubeCluster, Agent, AgentSettings};
+    use std::sync::Arc;
+
+    let config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            AgentConfig::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => AgentConfig::from_yaml("{}").map_err(|e| e.to_string())?,
+    };
+    let socket = args
+        .cni_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&config.cni_socket));
+    let ovsdb = args
+        .ovsdb
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&config.ovs_run_dir).join("db.sock"));
+    let datapath = args
+        .datapath
+        .clone()
+        .unwrap_or_else(|| agent::detect_datapath().to_string());
+    let client = spur_node::client::connect(kubeconfig.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
+    let switch = spur_node::ovsdb::Client::connect(spur_node::ovsdb::ClientConfig::new(&ovsdb))
+        .await
+        .map_err(|e| format!("OVSDB {}: {e}", ovsdb.display()))?;
+    let links = spur_node::netdev::RtNetlinkLinks::new()
+        .await
+        .map_err(|e| format!("netlink: {e}"))?;
+    let ipam_config = spur_node::ipam::IpamConfig {
+        timeout: std::time::Duration::from_secs(u64::from(config.api_timeout_seconds.max(1))),
+        ..Default::default()
+    };
+    let ipam = spur_node::ipam::Ipam::start(client.clone(), ipam_config);
+    let cluster = KubeCluster::start(client, &args.node_name);
+    let agent = Arc::new(Agent::new(
+        AgentSettings {
+            node: args.node_name.clone(),
+            datapath,
+        },
+        config,
+        ipam,
+        Arc::new(cluster.clone()),
+        Arc::new(switch),
+        Arc::new(links),
+    ));
+    tracing::info!(node = %args.node_name, "waiting for the API caches");
+    cluster.wait_ready().await;
+    agent.ipam().cache().wait_ready().await;
+    if let Err(e) = agent.ensure_bridges().await {
+        tracing::error!(error = %e, "secondary bridges not set up; retrying every resync");
+    }
+    match agent.sweep_stale().await {
+        Ok(n) => tracing::info!(removed = n, "state rebuilt from OVSDB and the API"),
+        Err(e) => tracing::warn!(error = %e, "stale-port sweep failed; retrying every resync"),
+    }
+    let listener = agent::server::bind(&socket).map_err(|e| e.to_string())?;
+    tracing::info!(socket = %socket.display(), "serving the spur CNI plugin");
+    let periodic = tokio::spawn(agent::sweep::run_periodic(
+        agent.clone(),
+        args.config.clone(),
+        std::time::Duration::from_secs(args.resync_seconds.max(1)),
+    ));
+    let server = tokio::spawn(agent::server::serve(listener, agent.clone()));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("installing the SIGTERM handler: {e}"))?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+    }
+    server.abort();
+    periodic.abort();
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
 }

@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use spur_core::allocator::{window_cidr, BlockState, PoolBlocks};
-use spur_core::ipamblock::{IPAMBlock, OwnerKey};
+use spur_core::ipamblock::{IPAMBlock, Owner, OwnerKey};
 use spur_core::ippool::{IPPool, PoolLayout};
 use spur_core::pool::{to_u128, Family};
 use tokio::sync::watch;
@@ -348,6 +348,25 @@ impl IpamCache {
     /// The address `key` holds in `pool`, as far as the cache knows.
     pub fn find(&self, pool: &str, key: &OwnerKey) -> Option<IpAddr> {
         self.read(|s| s.pool(pool).and_then(|ix| ix.find_any(key)))
+    }
+
+    /// Every allocation whose owner satisfies `pred`, as (pool, address,
+    /// owner). Walks every allocation of every pool: for DEL and garbage
+    /// collection, never for the allocation path.
+    pub fn owners_where(&self, pred: impl Fn(&Owner) -> bool) -> Vec<(String, IpAddr, Owner)> {
+        self.read(|s| {
+            let mut out = Vec::new();
+            for name in s.pool_names() {
+                if let Some(ix) = s.pool(&name) {
+                    for (ip, _, owner) in ix.blocks.holders() {
+                        if pred(owner) {
+                            out.push((name.clone(), ip, owner.clone()));
+                        }
+                    }
+                }
+            }
+            out
+        })
     }
 
     /// Stores an object the API just returned (after a write or a GET),

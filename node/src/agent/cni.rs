@@ -1,0 +1,826 @@
+//! The CNI verbs as the agent serves them.
+//!
+//! The role comes from the network config the runtime passed:
+//!
+//! | config | role |
+//! |---|---|
+//! | `type: spur` without `networkType` | native: chained after the primary CNI; the Pod's selection annotation names the networks, all attached in this one ADD |
+//! | `type: spur` with `networkType` | one network (Multus delegates one per call, `CNI_IFNAME` given) |
+//! | another `type` with `ipam.type: spur` | IPAM only: addresses for the other plugin's interface |
+//!
+//! ADD is all or nothing: every step records how to undo it, and a
+//! failure undoes them all, in reverse, before answering. DEL finds what
+//! to remove from the switch's ports (their `external_ids` name the
+//! container) and the IPAM owners of the container, so it needs no state
+//! of its own and works after restarts, after a failed ADD and when the
+//! netns is gone; it succeeds when there is nothing left.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde_json::Value;
+use spur_core::attach::{
+    host_port_name, interface_config, plan_ipam, plan_native, plan_single, AttachError, Element,
+    InterfaceConfig, NetworkPlan, PodView,
+};
+use spur_core::cni::{CniVersion, ErrorCode};
+use spur_core::cniproto::{
+    AgentRequest, CniError, CniResult, Command, Interface, IpEntry, PodRef, RouteEntry,
+};
+use spur_core::ipamblock::{Owner, OwnerKey};
+use spur_core::ipamreq::{ipam_result, IpConfig, PoolAddress};
+use spur_core::nad::{classify, NetworkKind, SpurIpamConfig, SpurNetworkConfig};
+use spur_core::names::Mac;
+use spur_core::selection::RequestedIp;
+use spur_core::status::{self, NetworkStatus};
+use spur_core::Subject;
+
+use super::{port_external_ids, port_keys, Agent};
+use crate::ipam::{AllocateRequest, Allocated, IpamError};
+use crate::netdev::{RouteSpec, VethSpec};
+
+/// What the runtime's config makes of this call.
+#[derive(Debug)]
+enum Role {
+    Native { conf_name: String },
+    Single(Box<SpurNetworkConfig>, String),
+    Ipam(Box<SpurIpamConfig>, String),
+}
+
+fn role(config: &Value) -> Result<Role, CniError> {
+    let name = config
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let ty = config.get("type").and_then(Value::as_str);
+    if ty == Some("spur") && config.get("networkType").is_none() {
+        return Ok(Role::Native { conf_name: name });
+    }
+    let subject = Subject::named(format!("network config {name:?}"));
+    match classify(&config.to_string(), &subject).map_err(CniError::from)? {
+        NetworkKind::Spur(c) => Ok(Role::Single(c, name)),
+        NetworkKind::SpurIpam(i) => Ok(Role::Ipam(Box::new(i.ipam), name)),
+        NetworkKind::Other => Err(CniError::invalid_config(format!(
+            "network config {name:?}: neither type spur nor ipam.type spur; spur cannot serve it"
+        ))),
+    }
+}
+
+/// One step of an ADD, and how to undo it.
+#[derive(Debug)]
+enum Undo {
+    Release(OwnerKey),
+    Link(String),
+    Port { bridge: String, port: String },
+}
+
+/// One interface an ADD created.
+#[derive(Debug)]
+struct Attached {
+    plan: NetworkPlan,
+    config: InterfaceConfig,
+}
+
+struct Call {
+    pod: PodRef,
+    container_id: String,
+    netns: String,
+    ifname: String,
+}
+
+fn call(req: &AgentRequest) -> Result<Call, CniError> {
+    let pod = req.pod().ok_or_else(|| {
+        CniError::invalid_environment(
+            "CNI_ARGS must carry K8S_POD_NAMESPACE and K8S_POD_NAME: spur attaches networks to \
+             Kubernetes Pods",
+        )
+    })?;
+    Ok(Call {
+        pod,
+        container_id: req.container_id.clone().unwrap_or_default(),
+        netns: req.netns.clone().unwrap_or_default(),
+        ifname: req.ifname.clone().unwrap_or_default(),
+    })
+}
+
+fn attach_error(e: AttachError) -> CniError {
+    let code = e.cause.kind.into();
+    CniError::new(code, e.to_string())
+}
+
+fn ipam_error(network: &str, e: IpamError) -> CniError {
+    CniError::new(e.code(), format!("network {network}: {e}"))
+}
+
+impl Agent {
+    /// Serves one request. Never panics on bad input: every failure is a
+    /// [`CniError`] with its code.
+    pub async fn handle(&self, req: &AgentRequest) -> Result<Value, CniError> {
+        let started = std::time::Instant::now();
+        let res = match req.command {
+            Command::Add => self.add(req).await,
+            Command::Del => self.del(req).await.map(|()| Value::Null),
+            Command::Check => self.check(req).await.map(|()| Value::Null),
+            Command::Status => self.status().map(|()| Value::Null),
+            Command::Gc => self.gc(req).await.map(|()| Value::Null),
+            Command::Version => Err(CniError::invalid_environment(
+                "VERSION is answered by the plugin itself",
+            )),
+        };
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        match &res {
+            Ok(_) => tracing::info!(
+                command = %req.command,
+                container = req.container_id.as_deref().unwrap_or(""),
+                pod = ?req.pod().map(|p| format!("{}/{}", p.namespace, p.name)),
+                ms,
+                "CNI request served"
+            ),
+            Err(e) => tracing::warn!(
+                command = %req.command,
+                container = req.container_id.as_deref().unwrap_or(""),
+                pod = ?req.pod().map(|p| format!("{}/{}", p.namespace, p.name)),
+                code = e.code,
+                error = %e.msg,
+                ms,
+                "CNI request failed"
+            ),
+        }
+        res
+    }
+
+    fn status(&self) -> Result<(), CniError> {
+        match self.not_ready_reason() {
+            None => Ok(()),
+            Some(why) => Err(CniError::plugin_not_available(format!(
+                "spur-agent on node {} cannot serve ADD yet: {why}",
+                self.node()
+            ))),
+        }
+    }
+
+    async fn add(&self, req: &AgentRequest) -> Result<Value, CniError> {
+        if let Some(why) = self.not_ready_reason() {
+            return Err(CniError::try_again_later(format!(
+                "spur-agent on node {} is not ready: {why}",
+                self.node()
+            )));
+        }
+        let c = call(req)?;
+        let role = role(&req.config)?;
+        let info = self
+            .cluster
+            .pod(&c.pod.namespace, &c.pod.name)
+            .await
+            .map_err(|e| CniError::try_again_later(e.to_string()))?
+            .ok_or_else(|| {
+                CniError::unknown_container(format!(
+                    "Pod {}/{} does not exist",
+                    c.pod.namespace, c.pod.name
+                ))
+            })?;
+        if let (Some(want), Some(have)) = (&c.pod.uid, &info.uid) {
+            if want != have {
+                return Err(CniError::unknown_container(format!(
+                    "Pod {}/{} has UID {have}, not {want} (the runtime's Pod was replaced)",
+                    c.pod.namespace, c.pod.name
+                )));
+            }
+        }
+        let ns_ann = self.cluster.namespace_annotations(&c.pod.namespace);
+        let view = PodView {
+            namespace: &c.pod.namespace,
+            name: &c.pod.name,
+            annotations: &info.annotations,
+            namespace_annotations: ns_ann.as_ref(),
+        };
+        let pools = |name: &str| self.ipam.cache().layout(name);
+        let bridges = self.bridge_names();
+        match role {
+            Role::Native { conf_name } => {
+                let nads = |ns: &str, n: &str| self.cluster.nad(ns, n);
+                let plans = plan_native(&view, &nads, &pools, &bridges).map_err(attach_error)?;
+                let attached = self.attach_all(&c, plans).await?;
+                let prev = prev_result(&req.config)?;
+                let ours = result_of(req.cni_version, &c.netns, &attached);
+                let result = match &prev {
+                    Some(p) => spur_core::cniproto::extend(p.clone(), ours),
+                    None => ours,
+                };
+                let status = network_status(&conf_name, prev.as_ref(), &attached);
+                let subject = Subject::new("Pod", Some(&c.pod.namespace), &c.pod.name);
+                match status::render(&status, &subject) {
+                    Ok(text) => {
+                        if let Err(e) = self
+                            .cluster
+                            .set_network_status(&c.pod.namespace, &c.pod.name, text)
+                            .await
+                        {
+                            let err = CniError::try_again_later(e.to_string());
+                            self.undo_container(&c).await;
+                            return Err(err);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "network-status not rendered"),
+                }
+                Ok(result.render(req.cni_version))
+            }
+            Role::Single(cfg, name) => {
+                let network = format!("{}/{}", c.pod.namespace, name);
+                let element = element_from_runtime(&req.config, &c.ifname)?;
+                let plan = plan_single(&view, &network, &cfg, &element, &pools, &bridges)
+                    .map_err(attach_error)?;
+                let attached = self.attach_all(&c, vec![plan]).await?;
+                Ok(result_of(req.cni_version, &c.netns, &attached).render(req.cni_version))
+            }
+            Role::Ipam(ipam, name) => {
+                let network = format!("{}/{}", c.pod.namespace, name);
+                let ips = runtime_ips(&req.config)?;
+                let plan = plan_ipam(&view, &network, &ipam, &c.ifname, &ips, &pools)
+                    .map_err(attach_error)?;
+                let owner = Owner::pod(&c.pod.namespace, &c.pod.name, &c.container_id, &c.ifname);
+                let allocated = if plan.pools.is_empty() {
+                    Vec::new()
+                } else {
+                    let mut r = AllocateRequest::new(self.node(), owner.clone(), &plan.pools);
+                    r.addresses = plan.requested_ips.clone();
+                    self.ipam
+                        .allocate(&r)
+                        .await
+                        .map_err(|e| ipam_error(&network, e))?
+                };
+                let subject = Subject::named(format!("network {network}"));
+                match ipam_result(&subject, &pool_addresses(&allocated), &plan.ipam) {
+                    Ok(res) => {
+                        let r = CniResult::from_ipam(req.cni_version, &res, None);
+                        Ok(r.render(req.cni_version))
+                    }
+                    Err(e) => {
+                        let _ = self.ipam.release(&owner.key()).await;
+                        Err(CniError::from(e))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Attaches every plan in order; on the first failure undoes everything
+    /// done so far and returns the error, naming the network.
+    async fn attach_all(
+        &self,
+        c: &Call,
+        plans: Vec<NetworkPlan>,
+    ) -> Result<Vec<Attached>, CniError> {
+        let mut undo = Vec::new();
+        let mut attached = Vec::with_capacity(plans.len());
+        for plan in plans {
+            match self.attach_one(c, &plan, &mut undo).await {
+                Ok(config) => attached.push(Attached { plan, config }),
+                Err(e) => {
+                    self.undo(undo).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(attached)
+    }
+
+    async fn attach_one(
+        &self,
+        c: &Call,
+        plan: &NetworkPlan,
+        undo: &mut Vec<Undo>,
+    ) -> Result<InterfaceConfig, CniError> {
+        // A repeated ADD of an attachment that exists must not touch it
+        // (undoing would release the live interface's address): refuse it
+        // before doing anything.
+        let host = host_port_name(&c.container_id, &plan.ifname);
+        match self.links.host_link(&host).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                return Err(CniError::invalid_config(format!(
+                    "network {}: interface {} of container {} is already attached (host end \
+                     {host} exists): ADD was repeated without DEL",
+                    plan.network, plan.ifname, c.container_id
+                )))
+            }
+            Err(e) => return Err(CniError::io(format!("network {}: {e}", plan.network))),
+        }
+        let owner = Owner::pod(&c.pod.namespace, &c.pod.name, &c.container_id, &plan.ifname);
+        let allocated = if plan.pools.is_empty() {
+            Vec::new()
+        } else {
+            let mut r = AllocateRequest::new(self.node(), owner.clone(), &plan.pools);
+            r.addresses = plan.requested_ips.clone();
+            let a = self
+                .ipam
+                .allocate(&r)
+                .await
+                .map_err(|e| ipam_error(&plan.network, e))?;
+            undo.push(Undo::Release(owner.key()));
+            a
+        };
+        let config = interface_config(plan, &pool_addresses(&allocated), &c.container_id)
+            .map_err(attach_error)?;
+        let spec = VethSpec {
+            host_name: host.clone(),
+            netns: PathBuf::from(&c.netns),
+            ifname: plan.ifname.clone(),
+            mtu: u32::from(plan.mtu),
+            mac: config.mac.0,
+            addresses: config.ips.iter().map(|i| i.address).collect(),
+            routes: config
+                .routes
+                .iter()
+                .map(|r| RouteSpec {
+                    dst: r.dst,
+                    gw: r.gw,
+                })
+                .collect(),
+            tx_checksum_off: self.tx_checksum_off(),
+            announce: true,
+        };
+        // The access port first: the switch attaches the host end the
+        // moment it appears, so the Pod end's gratuitous ARP / unsolicited
+        // NA (sent as it comes up) find the port in place.
+        let ids = port_external_ids(
+            &c.pod.namespace,
+            &c.pod.name,
+            &c.container_id,
+            &plan.ifname,
+            &plan.network,
+            &c.netns,
+        );
+        self.switch
+            .add_access_port(plan.bridge(), &host, plan.vlan(), ids)
+            .await
+            .map_err(|e| {
+                CniError::io(format!(
+                    "network {}: adding port {host} to bridge {}: {e}",
+                    plan.network,
+                    plan.bridge()
+                ))
+            })?;
+        undo.push(Undo::Port {
+            bridge: plan.bridge().to_string(),
+            port: host.clone(),
+        });
+        self.links.create_veth(&spec).await.map_err(|e| {
+            CniError::new(
+                if e.is_exists() {
+                    ErrorCode::InvalidConfig
+                } else {
+                    ErrorCode::Io
+                },
+                format!("network {}: {e}", plan.network),
+            )
+        })?;
+        undo.push(Undo::Link(host.clone()));
+        Ok(config)
+    }
+
+    async fn undo(&self, steps: Vec<Undo>) {
+        for step in steps.into_iter().rev() {
+            let res = match &step {
+                Undo::Port { bridge, port } => self
+                    .switch
+                    .remove_port(bridge, port)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Undo::Link(host) => self
+                    .links
+                    .delete_host_link(host)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Undo::Release(key) => self
+                    .ipam
+                    .release(key)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = res {
+                tracing::warn!(step = ?step, error = %e, "undoing a failed ADD step failed; the sweep retries");
+            }
+        }
+    }
+
+    /// Removes everything of the call's container (used when an ADD fails
+    /// after its interfaces were made).
+    async fn undo_container(&self, c: &Call) {
+        if let Err(e) = self.remove_container(c, None).await {
+            tracing::warn!(container = %c.container_id, error = %e.msg, "undo failed");
+        }
+    }
+
+    async fn del(&self, req: &AgentRequest) -> Result<(), CniError> {
+        let c = call(req)?;
+        match role(&req.config) {
+            Ok(Role::Native { .. }) => self.remove_container(&c, None).await,
+            Ok(Role::Single(..)) => self.remove_container(&c, Some(&c.ifname)).await,
+            Ok(Role::Ipam(..)) => self.release_owners(&c, Some(&c.ifname)).await,
+            // A config Spur cannot read now was not served by it either:
+            // still remove whatever carries the container's ID.
+            Err(_) => self.remove_container(&c, None).await,
+        }
+    }
+
+    /// Removes the container's ports and links (of `only` interface, or
+    /// all) and releases its addresses.
+    async fn remove_container(&self, c: &Call, only: Option<&str>) -> Result<(), CniError> {
+        let mut ifnames: BTreeSet<String> = BTreeSet::new();
+        let mut errors = Vec::new();
+        for bridge in self.bridge_names() {
+            let ports = match self.switch.list_ports(&bridge).await {
+                Ok(p) => p,
+                Err(crate::ovsdb::SwitchError::NoSuchBridge(_)) => continue,
+                Err(e) => {
+                    errors.push(format!("listing ports of bridge {bridge}: {e}"));
+                    continue;
+                }
+            };
+            for p in ports {
+                let ids = &p.external_ids;
+                if ids.get(port_keys::CONTAINER_ID) != Some(&c.container_id) {
+                    continue;
+                }
+                let ifname = ids.get(port_keys::INTERFACE).cloned().unwrap_or_default();
+                if only.is_some_and(|o| o != ifname) {
+                    continue;
+                }
+                if let Err(e) = self.switch.remove_port(&bridge, &p.name).await {
+                    errors.push(format!("removing port {} of bridge {bridge}: {e}", p.name));
+                }
+                ifnames.insert(ifname);
+            }
+        }
+        let owners = self.container_owners(c, only);
+        ifnames.extend(owners.iter().map(|k| owner_ifname(k).to_string()));
+        if let Some(o) = only {
+            ifnames.insert(o.to_string());
+        }
+        for ifname in &ifnames {
+            let host = host_port_name(&c.container_id, ifname);
+            if let Err(e) = self.links.delete_host_link(&host).await {
+                errors.push(format!("deleting link {host}: {e}"));
+            }
+        }
+        for key in owners {
+            if let Err(e) = self.ipam.release(&key).await {
+                errors.push(format!(
+                    "releasing the addresses of {}: {e}",
+                    owner_ifname(&key)
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(CniError::try_again_later(format!(
+                "DEL of container {}: {}",
+                c.container_id,
+                errors.join("; ")
+            )))
+        }
+    }
+
+    async fn release_owners(&self, c: &Call, only: Option<&str>) -> Result<(), CniError> {
+        for key in self.container_owners(c, only) {
+            self.ipam
+                .release(&key)
+                .await
+                .map_err(|e| CniError::new(e.code(), format!("DEL: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn container_owners(&self, c: &Call, only: Option<&str>) -> Vec<OwnerKey> {
+        let mut keys: Vec<OwnerKey> = self
+            .ipam
+            .cache()
+            .owners_where(|o| {
+                o.container_id == c.container_id
+                    && o.namespace == c.pod.namespace
+                    && o.pod == c.pod.name
+                    && matches!(o.kind, spur_core::ipamblock::OwnerKind::Pod)
+                    && only.is_none_or(|i| i == o.interface)
+            })
+            .into_iter()
+            .map(|(_, _, o)| o.key())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    async fn check(&self, req: &AgentRequest) -> Result<(), CniError> {
+        let c = call(req)?;
+        let prev = prev_result(&req.config)?;
+        let role = role(&req.config)?;
+        let wanted: Vec<String> = match role {
+            Role::Ipam(..) => return Ok(()),
+            Role::Single(..) => vec![c.ifname.clone()],
+            Role::Native { .. } => {
+                let info = self
+                    .cluster
+                    .pod(&c.pod.namespace, &c.pod.name)
+                    .await
+                    .map_err(|e| CniError::try_again_later(e.to_string()))?
+                    .ok_or_else(|| {
+                        CniError::unknown_container(format!(
+                            "Pod {}/{} does not exist",
+                            c.pod.namespace, c.pod.name
+                        ))
+                    })?;
+                let ns_ann = self.cluster.namespace_annotations(&c.pod.namespace);
+                let view = PodView {
+                    namespace: &c.pod.namespace,
+                    name: &c.pod.name,
+                    annotations: &info.annotations,
+                    namespace_annotations: ns_ann.as_ref(),
+                };
+                let nads = |ns: &str, n: &str| self.cluster.nad(ns, n);
+                let pools = |name: &str| self.ipam.cache().layout(name);
+                let plans = plan_native(&view, &nads, &pools, &self.bridge_names())
+                    .map_err(attach_error)?;
+                for plan in &plans {
+                    self.check_port(&c, plan.bridge(), &plan.ifname, Some(plan.vlan()))
+                        .await?;
+                }
+                plans.into_iter().map(|p| p.ifname).collect()
+            }
+        };
+        for ifname in &wanted {
+            let state = self
+                .links
+                .inspect_pod_link(std::path::Path::new(&c.netns), ifname)
+                .await
+                .map_err(|e| CniError::io(e.to_string()))?
+                .ok_or_else(|| {
+                    CniError::io(format!("interface {ifname} is missing from {}", c.netns))
+                })?;
+            if let Some(prev) = &prev {
+                let Some(ix) = prev.interfaces.iter().position(|i| &i.name == ifname) else {
+                    return Err(CniError::io(format!(
+                        "interface {ifname} is not in prevResult"
+                    )));
+                };
+                for ip in prev.ips.iter().filter(|i| i.interface == Some(ix)) {
+                    if !state.addresses.contains(&ip.address) {
+                        return Err(CniError::io(format!(
+                            "interface {ifname} lacks address {}",
+                            ip.address
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_port(
+        &self,
+        c: &Call,
+        bridge: &str,
+        ifname: &str,
+        vlan: Option<u16>,
+    ) -> Result<(), CniError> {
+        let host = host_port_name(&c.container_id, ifname);
+        let ports = self
+            .switch
+            .list_ports(bridge)
+            .await
+            .map_err(|e| CniError::io(format!("listing ports of {bridge}: {e}")))?;
+        let Some(p) = ports.iter().find(|p| p.name == host) else {
+            return Err(CniError::io(format!(
+                "interface {ifname}: port {host} is missing from bridge {bridge}"
+            )));
+        };
+        if let Some(v) = vlan {
+            if p.tag != v {
+                return Err(CniError::io(format!(
+                    "interface {ifname}: port {host} is on VLAN {} instead of {v}",
+                    p.tag
+                )));
+            }
+        }
+        if p.ofport.is_none_or(|o| o <= 0) {
+            return Err(CniError::io(format!(
+                "interface {ifname}: port {host} is not attached by the switch (ofport {:?})",
+                p.ofport
+            )));
+        }
+        Ok(())
+    }
+
+    /// GC: removes Spur's ports (and their links and addresses) whose
+    /// container is not among the valid attachments. Only ports are
+    /// walked: they are this node's, whereas an IPAMBlock's allocations
+    /// may belong to Pods of other nodes.
+    async fn gc(&self, req: &AgentRequest) -> Result<(), CniError> {
+        let valid: BTreeSet<String> = req
+            .config
+            .get(spur_core::cniproto::VALID_ATTACHMENTS_KEY)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.get("containerID").and_then(Value::as_str))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let removed = self
+            .sweep_ports(|ids| {
+                ids.get(port_keys::CONTAINER_ID)
+                    .is_some_and(|cid| !valid.contains(cid))
+            })
+            .await
+            .map_err(CniError::try_again_later)?;
+        tracing::info!(removed, "GC done");
+        Ok(())
+    }
+}
+
+fn owner_ifname(key: &OwnerKey) -> &str {
+    match key {
+        OwnerKey::Pod(_, _, _, i) | OwnerKey::StatefulSet(_, _, _, i) => i,
+    }
+}
+
+fn pool_addresses(allocated: &[Allocated]) -> Vec<PoolAddress> {
+    allocated
+        .iter()
+        .map(|a| PoolAddress {
+            pool: a.pool.clone(),
+            config: IpConfig {
+                address: a.address,
+                gateway: Some(a.gateway),
+            },
+        })
+        .collect()
+}
+
+fn prev_result(config: &Value) -> Result<Option<CniResult>, CniError> {
+    match config.get("prevResult") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => CniResult::parse(v).map(Some),
+    }
+}
+
+/// `runtimeConfig.mac` and `runtimeConfig.ips` (how Multus passes a
+/// selection element's `mac` and `ips` to a delegate).
+fn element_from_runtime(config: &Value, ifname: &str) -> Result<Element, CniError> {
+    let rc = config.get("runtimeConfig");
+    let mac = match rc.and_then(|r| r.get("mac")).and_then(Value::as_str) {
+        Some(s) => Some(
+            Mac::parse_unicast(s)
+                .map_err(|e| CniError::invalid_config(format!("runtimeConfig.mac = {s:?}: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(Element {
+        ifname: ifname.to_string(),
+        mac,
+        ips: runtime_ips(config)?,
+        default_route: Vec::new(),
+    })
+}
+
+fn runtime_ips(config: &Value) -> Result<Vec<RequestedIp>, CniError> {
+    let Some(list) = config
+        .get("runtimeConfig")
+        .and_then(|r| r.get("ips"))
+        .and_then(Value::as_array)
+    else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let s = v.as_str().unwrap_or_default();
+            s.parse::<RequestedIp>().map_err(|e| {
+                CniError::invalid_config(format!("runtimeConfig.ips[{i}] = {s:?}: {e}"))
+            })
+        })
+        .collect()
+}
+
+fn result_of(version: CniVersion, netns: &str, attached: &[Attached]) -> CniResult {
+    let mut r = CniResult::new(version);
+    for a in attached {
+        let ix = r.push_interface(Interface {
+            mac: Some(a.config.mac.to_string()),
+            mtu: Some(u32::from(a.plan.mtu)),
+            sandbox: Some(netns.to_string()),
+            ..Interface::new(a.plan.ifname.clone())
+        });
+        for ip in &a.config.ips {
+            r.push_ip(IpEntry {
+                address: ip.address,
+                gateway: ip.gateway,
+                interface: Some(ix),
+            });
+        }
+        for route in &a.config.routes {
+            r.push_route(RouteEntry::new(route.dst, route.gw));
+        }
+    }
+    r
+}
+
+fn network_status(
+    conf_name: &str,
+    prev: Option<&CniResult>,
+    attached: &[Attached],
+) -> Vec<NetworkStatus> {
+    let mut out = Vec::new();
+    if let Some(prev) = prev {
+        let primary = prev
+            .interfaces
+            .iter()
+            .position(|i| i.sandbox.as_deref().is_some_and(|s| !s.is_empty()));
+        let mut entry = NetworkStatus::new(conf_name);
+        entry.default = true;
+        if let Some(ix) = primary {
+            entry.interface = Some(prev.interfaces[ix].name.clone());
+            entry.mac = prev.interfaces[ix].mac.clone();
+        }
+        entry.ips = prev
+            .ips
+            .iter()
+            .filter(|ip| primary.is_none() || ip.interface == primary)
+            .map(|ip| ip.address.addr())
+            .collect();
+        out.push(entry);
+    }
+    for a in attached {
+        let mut entry = NetworkStatus::new(a.plan.network.clone());
+        entry.interface = Some(a.plan.ifname.clone());
+        entry.mac = Some(a.config.mac.to_string());
+        entry.mtu = Some(u32::from(a.plan.mtu));
+        entry.ips = a.config.ips.iter().map(|i| i.address.addr()).collect();
+        entry.gateway = a
+            .config
+            .ips
+            .iter()
+            .filter_map(|i| i.gateway)
+            .collect::<Vec<IpAddr>>();
+        entry.dns = status_dns(&a.config.dns);
+        out.push(entry);
+    }
+    out
+}
+
+fn status_dns(d: &spur_core::nad::Dns) -> status::Dns {
+    status::Dns {
+        nameservers: d.nameservers.iter().map(ToString::to_string).collect(),
+        domain: d.domain.clone(),
+        search: d.search.clone(),
+        options: d.options.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn roles_from_config() {
+        assert!(matches!(
+            role(&json!({"type": "spur", "name": "k8s-pod-network"})).unwrap(),
+            Role::Native { .. }
+        ));
+        assert!(matches!(
+            role(&json!({"cniVersion": "1.0.0", "name": "v100", "type": "spur", "networkType": "vlan", "vlan": 100})).unwrap(),
+            Role::Single(..)
+        ));
+        assert!(matches!(
+            role(&json!({"cniVersion": "1.0.0", "name": "m", "type": "macvlan", "master": "eth1", "ipam": {"type": "spur", "ippools": ["a"]}})).unwrap(),
+            Role::Ipam(..)
+        ));
+        let e = role(&json!({"cniVersion": "1.0.0", "name": "m", "type": "macvlan"})).unwrap_err();
+        assert_eq!(e.code, 7);
+        let e = role(&json!({"cniVersion": "1.0.0", "name": "v", "type": "spur", "networkType": "vlan", "vlan": 5000})).unwrap_err();
+        assert!(e.msg.contains("vlan"), "{}", e.msg);
+    }
+
+    #[test]
+    fn runtime_config_element() {
+        let el = element_from_runtime(
+            &json!({"runtimeConfig": {"mac": "02:00:00:00:00:01", "ips": ["10.0.0.5/24"]}}),
+            "net1",
+        )
+        .unwrap();
+        assert_eq!(el.ifname, "net1");
+        assert_eq!(el.mac.unwrap().to_string(), "02:00:00:00:00:01");
+        assert_eq!(el.ips.len(), 1);
+        let e =
+            element_from_runtime(&json!({"runtimeConfig": {"ips": ["x"]}}), "net1").unwrap_err();
+        assert!(e.msg.contains("runtimeConfig.ips[0]"), "{}", e.msg);
+    }
+}

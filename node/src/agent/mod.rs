@@ -1,0 +1,237 @@
+//! The node agent's long-running part (`spur-agent run`): it serves the
+//! `spur` CNI plugin over a unix socket and creates, checks and removes
+//! Pods' secondary interfaces.
+//!
+//! - [`cluster`]: what the agent reads from the API (its node's Pods,
+//!   NADs, Namespaces, through reflectors) and the network-status it
+//!   writes, behind the [`cluster::Cluster`] trait;
+//! - [`cni`]: the verbs (ADD, DEL, CHECK, STATUS, GC) in their three roles
+//!   (native chained, Multus delegate, IPAM of another plugin); every ADD
+//!   is all or nothing;
+//! - [`server`]: the unix socket (0600 in a 0700 directory, versioned and
+//!   length-prefixed messages, bounded time);
+//! - [`sweep`]: level-driven clean-up of ports whose Pod or sandbox is
+//!   gone (at start, after a restart, and periodically), and of the
+//!   bridges' spec (config changes included).
+//!
+//! The decisions (what to create, which VLAN, which name, which MAC) are
+//! pure and live in `spur_core::attach`; the switch, the links and the API
+//! are traits ([`crate::ovsdb::Switch`], [`crate::netdev::PodLinks`],
+//! [`cluster::Cluster`]) so the simulator substitutes them.
+
+pub mod cluster;
+pub mod cni;
+pub mod server;
+pub mod sweep;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use spur_core::config::AgentConfig;
+
+use crate::ipam::Ipam;
+use crate::netdev::PodLinks;
+use crate::ovsdb::{BridgeSpec, Switch};
+use cluster::Cluster;
+
+/// `external_ids` keys of a Pod's access port.
+pub mod port_keys {
+    /// The Pod's namespace.
+    pub const POD_NAMESPACE: &str = "spur.dev/pod-namespace";
+    /// The Pod's name.
+    pub const POD_NAME: &str = "spur.dev/pod-name";
+    /// The sandbox (infra container) ID.
+    pub const CONTAINER_ID: &str = "spur.dev/container-id";
+    /// The interface name inside the Pod.
+    pub const INTERFACE: &str = "spur.dev/interface";
+    /// The network (`namespace/name` of the NAD, or the config's name).
+    pub const NETWORK: &str = "spur.dev/network";
+    /// The Pod's network namespace path.
+    pub const NETNS: &str = "spur.dev/netns";
+}
+
+/// The userspace datapath of Open vSwitch (no kernel module).
+pub const DATAPATH_NETDEV: &str = "netdev";
+/// The kernel datapath.
+pub const DATAPATH_SYSTEM: &str = "system";
+
+/// The datapath the host can run: the kernel's when the `openvswitch`
+/// module is loaded, else the userspace one.
+pub fn detect_datapath() -> &'static str {
+    if std::path::Path::new("/sys/module/openvswitch").exists() {
+        DATAPATH_SYSTEM
+    } else {
+        DATAPATH_NETDEV
+    }
+}
+
+/// The agent's settings that are not in `spur-agent.conf`.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// This node's name.
+    pub node: String,
+    /// `netdev` or `system`.
+    pub datapath: String,
+}
+
+/// The agent: the state shared by every request.
+pub struct Agent {
+    settings: AgentSettings,
+    config: RwLock<AgentConfig>,
+    ipam: Ipam,
+    cluster: Arc<dyn Cluster>,
+    switch: Arc<dyn Switch>,
+    links: Arc<dyn PodLinks>,
+    bridges_ready: AtomicBool,
+    bridge_error: RwLock<Option<String>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node", &self.settings.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// An agent over its boundaries.
+    pub fn new(
+        settings: AgentSettings,
+        config: AgentConfig,
+        ipam: Ipam,
+        cluster: Arc<dyn Cluster>,
+        switch: Arc<dyn Switch>,
+        links: Arc<dyn PodLinks>,
+    ) -> Agent {
+        Agent {
+            settings,
+            config: RwLock::new(config),
+            ipam,
+            cluster,
+            switch,
+            links,
+            bridges_ready: AtomicBool::new(false),
+            bridge_error: RwLock::new(None),
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.settings.node
+    }
+
+    /// The IPAM of the agent.
+    pub fn ipam(&self) -> &Ipam {
+        &self.ipam
+    }
+
+    /// The configured bridges' names.
+    pub fn bridge_names(&self) -> Vec<String> {
+        self.config()
+            .secondary_network
+            .ovs_bridges
+            .iter()
+            .map(|b| b.bridge_name.clone())
+            .collect()
+    }
+
+    fn config(&self) -> AgentConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// True when the node's datapath needs TX checksum offload off on Pod
+    /// interfaces (the userspace datapath does not finish partial
+    /// checksums).
+    fn tx_checksum_off(&self) -> bool {
+        self.settings.datapath == DATAPATH_NETDEV
+    }
+
+    /// The bridges `spur-agent.conf` asks for.
+    pub fn bridge_specs(&self) -> Vec<BridgeSpec> {
+        self.config()
+            .secondary_network
+            .ovs_bridges
+            .iter()
+            .map(|b| BridgeSpec {
+                name: b.bridge_name.clone(),
+                datapath_type: self.settings.datapath.clone(),
+                uplinks: b.physical_interfaces.clone(),
+                mcast_snooping: b.enable_multicast_snooping,
+            })
+            .collect()
+    }
+
+    /// Replaces the config (a changed `spur-agent.conf`); the next
+    /// [`Agent::ensure_bridges`] brings the bridges to it.
+    pub fn set_config(&self, config: AgentConfig) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+
+    /// Brings every configured bridge to its spec (idempotent). Bridges
+    /// no longer configured are left alone: they may carry Pods.
+    pub async fn ensure_bridges(&self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for spec in self.bridge_specs() {
+            if let Err(e) = self.switch.ensure_bridge(&spec).await {
+                errors.push(format!("bridge {}: {e}", spec.name));
+            }
+        }
+        let result = if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        };
+        *self.bridge_error.write().unwrap_or_else(|p| p.into_inner()) = result.clone().err();
+        self.bridges_ready.store(result.is_ok(), Ordering::SeqCst);
+        result
+    }
+
+    /// Why the agent cannot serve ADD now, if it cannot.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if !self.ipam.cache().is_ready() {
+            return Some("IPPools and IPAMBlocks are not listed yet".into());
+        }
+        if !self.cluster.is_ready() {
+            return Some(
+                "Pods, NetworkAttachmentDefinitions and Namespaces are not listed yet".into(),
+            );
+        }
+        if !self.bridges_ready.load(Ordering::SeqCst) {
+            let why = self
+                .bridge_error
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "not set up yet".into());
+            return Some(format!("secondary bridges: {why}"));
+        }
+        None
+    }
+}
+
+/// Access-port `external_ids` of one Pod interface.
+pub(crate) fn port_external_ids(
+    pod_namespace: &str,
+    pod_name: &str,
+    container_id: &str,
+    ifname: &str,
+    network: &str,
+    netns: &str,
+) -> BTreeMap<String, String> {
+    [
+        (port_keys::POD_NAMESPACE, pod_namespace),
+        (port_keys::POD_NAME, pod_name),
+        (port_keys::CONTAINER_ID, container_id),
+        (port_keys::INTERFACE, ifname),
+        (port_keys::NETWORK, network),
+        (port_keys::NETNS, netns),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}

@@ -1,0 +1,481 @@
+//! The agent's CNI verbs over its real logic, the embedded API server and
+//! in-memory switch and links: what a user of the plugin would notice
+//! (interfaces, VLANs, addresses, network-status, errors naming the
+//! network, nothing left behind by a failed ADD or a DEL).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DynamicObject, PostParams};
+use serde_json::{json, Value};
+use spur_core::cni::CniVersion;
+use spur_core::cniproto::{AgentRequest, CniResult, Command, PROTO_VERSION};
+use spur_core::config::AgentConfig;
+use spur_kubeapi::ApiServer;
+use spur_node::agent::cluster::{nad_resource, KubeCluster, NETWORK_STATUS_ANNOTATION};
+use spur_node::agent::{Agent, AgentSettings};
+use spur_node::fake::{FakeLinks, FakeSwitch};
+use spur_node::ipam::Ipam;
+
+use common::{client, config, pool_with_vlan, server, stored, wait_until};
+
+const NODE: &str = "node-a";
+
+struct Env {
+    server: ApiServer,
+    agent: Arc<Agent>,
+    switch: Arc<FakeSwitch>,
+    links: Arc<FakeLinks>,
+}
+
+async fn env(bridges: &str) -> Env {
+    let server = server().await;
+    pool_with_vlan(
+        &server,
+        "v100-4",
+        &["10.10.1.0/29"],
+        "10.10.1.1",
+        24,
+        Some(100),
+    )
+    .await;
+    pool_with_vlan(
+        &server,
+        "v100-6",
+        &["fd00:10::/125"],
+        "fd00:10::1",
+        64,
+        Some(100),
+    )
+    .await;
+    pool_with_vlan(
+        &server,
+        "tiny",
+        &["10.20.0.10-10.20.0.10"],
+        "10.20.0.1",
+        24,
+        None,
+    )
+    .await;
+    let c = client(&server);
+    let nads: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &nad_resource());
+    for (name, config) in [
+        (
+            "vlan100",
+            json!({"cniVersion": "1.0.0", "type": "spur", "networkType": "vlan", "vlan": 100, "ipam": {"type": "spur", "ippools": ["v100-4", "v100-6"]}}),
+        ),
+        (
+            "vlan200",
+            json!({"cniVersion": "1.0.0", "type": "spur", "networkType": "vlan", "vlan": 200, "mtu": 9000}),
+        ),
+        (
+            "tiny",
+            json!({"cniVersion": "1.0.0", "type": "spur", "networkType": "vlan", "vlan": 300, "ipam": {"type": "spur", "ippools": ["tiny"]}}),
+        ),
+    ] {
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"config": config.to_string()}}))
+        .unwrap();
+        nads.create(&PostParams::default(), &obj).await.unwrap();
+    }
+    let ns: Api<Namespace> = Api::all(c.clone());
+    let _ = ns
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap(),
+        )
+        .await;
+    let cfg = AgentConfig::from_yaml(bridges).unwrap();
+    let ipam = Ipam::start(c.clone(), config(7));
+    let cluster = KubeCluster::start(c, NODE);
+    let switch = Arc::new(FakeSwitch::new());
+    let links = Arc::new(FakeLinks::new());
+    let agent = Arc::new(Agent::new(
+        AgentSettings {
+            node: NODE.into(),
+            datapath: "netdev".into(),
+        },
+        cfg,
+        ipam,
+        Arc::new(cluster.clone()),
+        switch.clone(),
+        links.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(10), cluster.wait_ready())
+        .await
+        .unwrap();
+    agent.ipam().cache().wait_ready().await;
+    wait_until(|| agent.ipam().cache().layout("tiny").is_some()).await;
+    Env {
+        server,
+        agent,
+        switch,
+        links,
+    }
+}
+
+const ONE_BRIDGE: &str =
+    "secondaryNetwork:\n  ovsBridges: [{bridgeName: br-sec, physicalInterfaces: [eth1]}]\n";
+
+async fn pod(env: &Env, name: &str, networks: &str) {
+    let pods: Api<Pod> = Api::namespaced(client(&env.server), "default");
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default",
+                     "annotations": {"k8s.v1.cni.cncf.io/networks": networks}},
+        "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "x"}]}}))
+    .unwrap();
+    pods.create(&PostParams::default(), &p).await.unwrap();
+}
+
+/// A Pod's sandbox path: a file in a directory of this process, so the
+/// sweep (which checks that the path exists) sees live sandboxes.
+fn netns(pod: &str) -> String {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+    dir.path().join(pod).display().to_string()
+}
+
+fn sandbox(env: &Env, pod: &str) {
+    std::fs::write(netns(pod), b"").unwrap();
+    env.links.add_netns(Path::new(&netns(pod)));
+}
+
+fn kill_sandbox(env: &Env, pod: &str) {
+    let _ = std::fs::remove_file(netns(pod));
+    env.links.remove_netns(Path::new(&netns(pod)));
+}
+
+fn request(command: Command, pod: &str, config: Value, ifname: &str) -> AgentRequest {
+    let mut args = BTreeMap::new();
+    args.insert("K8S_POD_NAMESPACE".to_string(), "default".to_string());
+    args.insert("K8S_POD_NAME".to_string(), pod.to_string());
+    AgentRequest {
+        proto: PROTO_VERSION,
+        command,
+        container_id: Some(format!("cid-{pod}")),
+        netns: Some(netns(pod)),
+        ifname: Some(ifname.into()),
+        args,
+        config,
+        cni_version: CniVersion::V1_0_0,
+    }
+}
+
+fn chained() -> Value {
+    json!({"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "spur",
+           "prevResult": {"cniVersion": "1.0.0",
+             "interfaces": [{"name": "veth1", "mac": "aa:00:00:00:00:01"},
+                            {"name": "eth0", "mac": "aa:00:00:00:00:02", "sandbox": "/var/run/netns/x"}],
+             "ips": [{"address": "10.244.0.5/24", "gateway": "10.244.0.1", "interface": 1}],
+             "dns": {}}})
+}
+
+async fn ready(env: &Env) {
+    env.agent.ensure_bridges().await.unwrap();
+    wait_until(|| env.agent.not_ready_reason().is_none()).await;
+}
+
+async fn wait_pod(env: &Env, name: &str) {
+    let pods: Api<Pod> = Api::namespaced(client(&env.server), "default");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pods.get_opt(name).await.unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn annotation(env: &Env, name: &str) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(client(&env.server), "default");
+    pods.get(name)
+        .await
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get(NETWORK_STATUS_ANNOTATION)
+        .cloned()
+}
+
+#[tokio::test]
+async fn native_add_attaches_every_network_in_one_call() {
+    let env = env(ONE_BRIDGE).await;
+    ready(&env).await;
+    pod(
+        &env,
+        "web",
+        r#"[{"name": "vlan100"}, {"name": "vlan200", "interface": "eth200"}]"#,
+    )
+    .await;
+    wait_pod(&env, "web").await;
+    sandbox(&env, "web");
+    let out = env
+        .agent
+        .handle(&request(Command::Add, "web", chained(), "eth0"))
+        .await
+        .unwrap();
+    let r = CniResult::parse(&out).unwrap();
+    let names: Vec<&str> = r.interfaces.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, vec!["veth1", "eth0", "eth1", "eth200"]);
+    // eth1 has one address of each family, from the pools, on VLAN 100.
+    let eth1 = r.interfaces.iter().position(|i| i.name == "eth1").unwrap();
+    let ips: Vec<String> = r
+        .ips
+        .iter()
+        .filter(|i| i.interface == Some(eth1))
+        .map(|i| i.address.to_string())
+        .collect();
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    assert!(
+        ips[0].starts_with("10.10.1.") && ips[0].ends_with("/24"),
+        "{ips:?}"
+    );
+    assert!(
+        ips[1].starts_with("fd00:10::") && ips[1].ends_with("/64"),
+        "{ips:?}"
+    );
+    let ports = env.switch.access_ports();
+    let mut tags: Vec<(String, u16)> = ports
+        .iter()
+        .map(|(_, p)| (p.external_ids["spur.dev/interface"].clone(), p.tag))
+        .collect();
+    tags.sort();
+    assert_eq!(tags, vec![("eth1".into(), 100), ("eth200".into(), 200)]);
+    let (_, p) = &ports[0];
+    assert_eq!(p.external_ids["spur.dev/pod-name"], "web");
+    assert_eq!(p.external_ids["spur.dev/container-id"], "cid-web");
+    assert_eq!(p.external_ids["spur.dev/netns"], netns("web"));
+    let l = env
+        .links
+        .pod_link(Path::new(&netns("web")), "eth200")
+        .unwrap();
+    assert_eq!(l.mtu, 9000);
+    // network-status: the primary entry (default) and both networks.
+    let status: Value = serde_json::from_str(&annotation(&env, "web").await.unwrap()).unwrap();
+    let st = status.as_array().unwrap();
+    assert_eq!(st.len(), 3);
+    assert_eq!(st[0]["name"], "k8s-pod-network");
+    assert_eq!(st[0]["default"], true);
+    assert_eq!(st[0]["interface"], "eth0");
+    assert_eq!(st[1]["name"], "default/vlan100");
+    assert_eq!(st[2]["interface"], "eth200");
+    assert_eq!(stored(&env.server).len(), 2);
+
+    // DEL removes everything, twice without complaint, and releases.
+    for _ in 0..2 {
+        env.agent
+            .handle(&request(Command::Del, "web", chained(), "eth0"))
+            .await
+            .unwrap();
+    }
+    assert!(env.switch.access_ports().is_empty());
+    assert!(env.links.host_links().is_empty());
+    assert!(stored(&env.server).is_empty());
+}
+
+#[tokio::test]
+async fn failed_network_undoes_the_whole_add() {
+    let env = env(ONE_BRIDGE).await;
+    ready(&env).await;
+    pod(&env, "first", "tiny").await;
+    pod(&env, "second", "vlan100, tiny").await;
+    wait_pod(&env, "second").await;
+    for p in ["first", "second"] {
+        sandbox(&env, p);
+    }
+    env.agent
+        .handle(&request(Command::Add, "first", chained(), "eth0"))
+        .await
+        .unwrap();
+    // The tiny pool has one address: the second Pod's second network fails.
+    let e = env
+        .agent
+        .handle(&request(Command::Add, "second", chained(), "eth0"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.msg
+            .starts_with("network default/tiny: IPAM: no free address"),
+        "{}",
+        e.msg
+    );
+    assert_eq!(e.code, 100);
+    // Nothing of the second Pod is left: ports, links, addresses.
+    let ports = env.switch.access_ports();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].1.external_ids["spur.dev/pod-name"], "first");
+    assert_eq!(env.links.host_links().len(), 1);
+    let held = stored(&env.server);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(annotation(&env, "second").await.is_none());
+}
+
+#[tokio::test]
+async fn link_failure_releases_addresses_and_names_the_network() {
+    let env = env(ONE_BRIDGE).await;
+    ready(&env).await;
+    pod(&env, "web", "vlan100").await;
+    wait_pod(&env, "web").await;
+    // No netns: the runtime's sandbox is gone.
+    let e = env
+        .agent
+        .handle(&request(Command::Add, "web", chained(), "eth0"))
+        .await
+        .unwrap_err();
+    assert!(e.msg.starts_with("network default/vlan100: "), "{}", e.msg);
+    assert!(stored(&env.server).is_empty());
+    assert!(env.switch.access_ports().is_empty());
+}
+
+#[tokio::test]
+async fn bad_selections_name_the_problem() {
+    let env = env(ONE_BRIDGE).await;
+    ready(&env).await;
+    for (name, ann, needle) in [
+        ("missing", "nope", "network default/nope: "),
+        ("badjson", "[{\"name\": }", "k8s.v1.cni.cncf.io/networks"),
+    ] {
+        pod(&env, name, ann).await;
+        wait_pod(&env, name).await;
+        sandbox(&env, name);
+        let e = env
+            .agent
+            .handle(&request(Command::Add, name, chained(), "eth0"))
+            .await
+            .unwrap_err();
+        assert!(e.msg.contains(needle), "{name}: {}", e.msg);
+    }
+    assert!(env.switch.access_ports().is_empty());
+}
+
+#[tokio::test]
+async fn status_reports_unready_until_bridges_exist() {
+    let env = env(ONE_BRIDGE).await;
+    wait_until(|| env.agent.ipam().cache().is_ready()).await;
+    let st = json!({"cniVersion": "1.1.0", "name": "spur", "type": "spur"});
+    let e = env
+        .agent
+        .handle(&request(Command::Status, "x", st.clone(), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, 50);
+    assert!(e.msg.contains("bridges"), "{}", e.msg);
+    ready(&env).await;
+    env.agent
+        .handle(&request(Command::Status, "x", st, ""))
+        .await
+        .unwrap();
+    assert_eq!(env.switch.bridges()["br-sec"].uplinks, vec!["eth1"]);
+}
+
+#[tokio::test]
+async fn multus_delegate_and_ipam_roles() {
+    let env = env(ONE_BRIDGE).await;
+    ready(&env).await;
+    pod(&env, "m", "").await;
+    wait_pod(&env, "m").await;
+    sandbox(&env, "m");
+    let single = json!({"cniVersion": "1.0.0", "name": "vlan100", "type": "spur",
+        "networkType": "vlan", "vlan": 100, "ipam": {"type": "spur", "ippools": ["v100-4"]}});
+    let out = env
+        .agent
+        .handle(&request(Command::Add, "m", single.clone(), "net1"))
+        .await
+        .unwrap();
+    let r = CniResult::parse(&out).unwrap();
+    assert_eq!(r.interfaces.len(), 1);
+    assert_eq!(r.interfaces[0].name, "net1");
+    // The MAC follows the IPv4 address (0a:58 + address).
+    let ip = r.ips[0].address.addr().to_string();
+    let o: Vec<u8> = ip.split('.').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(
+        r.interfaces[0].mac.as_deref().unwrap(),
+        format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+    );
+    let ipam = json!({"cniVersion": "1.0.0", "name": "mv", "type": "macvlan", "master": "eth2",
+        "ipam": {"type": "spur", "ippools": ["tiny"]}});
+    let out = env
+        .agent
+        .handle(&request(Command::Add, "m", ipam.clone(), "net2"))
+        .await
+        .unwrap();
+    let r = CniResult::parse(&out).unwrap();
+    assert!(r.interfaces.is_empty());
+    assert_eq!(r.ips[0].address.to_string(), "10.20.0.10/24");
+    assert_eq!(stored(&env.server).len(), 2);
+    env.agent
+        .handle(&request(Command::Del, "m", ipam, "net2"))
+        .await
+        .unwrap();
+    assert_eq!(stored(&env.server).len(), 1);
+    env.agent
+        .handle(&request(Command::Del, "m", single, "net1"))
+        .await
+        .unwrap();
+    assert!(stored(&env.server).is_empty());
+    assert!(env.switch.access_ports().is_empty());
+}
+
+#[tokio::test]
+async fn sweep_removes_ports_of_dead_sandboxes_and_deleted_pods_only() {
+    let env = env(ONE_BRIDGE).await;
+    ready(&env).await;
+    for p in ["alive", "dead", "deleted"] {
+        pod(&env, p, "vlan100").await;
+        wait_pod(&env, p).await;
+        sandbox(&env, p);
+        env.agent
+            .handle(&request(Command::Add, p, chained(), "eth0"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(stored(&env.server).len(), 6);
+    // "dead": its sandbox is gone; "deleted": its Pod is gone from the API
+    // (the agent was down while it happened); "alive" keeps both.
+    kill_sandbox(&env, "dead");
+    let pods: Api<Pod> = Api::namespaced(client(&env.server), "default");
+    pods.delete("deleted", &Default::default()).await.unwrap();
+    let removed = env.agent.sweep_stale().await.unwrap();
+    assert_eq!(removed, 2);
+    let held = stored(&env.server);
+    assert_eq!(held.len(), 2);
+    assert!(held.values().all(|(_, _, o)| o.pod == "alive"), "{held:?}");
+    let ports = env.switch.access_ports();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].1.external_ids["spur.dev/pod-name"], "alive");
+    assert_eq!(env.links.host_links().len(), 1);
+    // A second pass finds nothing more: live addresses are never released.
+    assert_eq!(env.agent.sweep_stale().await.unwrap(), 0);
+    assert_eq!(stored(&env.server).len(), 2);
+}
+
+#[tokio::test]
+async fn repeated_add_is_refused_and_leaves_the_first_intact() {
+    let env = env(ONE_BRIDGE).await;
+    ready(&env).await;
+    pod(&env, "web", "vlan100").await;
+    wait_pod(&env, "web").await;
+    sandbox(&env, "web");
+    env.agent
+        .handle(&request(Command::Add, "web", chained(), "eth0"))
+        .await
+        .unwrap();
+    let before = stored(&env.server);
+    let e = env
+        .agent
+        .handle(&request(Command::Add, "web", chained(), "eth0"))
+        .await
+        .unwrap_err();
+    assert!(e.msg.contains("already attached"), "{}", e.msg);
+    assert_eq!(stored(&env.server), before);
+    assert_eq!(env.switch.access_ports().len(), 1);
+    assert_eq!(env.links.host_links().len(), 1);
+}
