@@ -3,7 +3,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test demo crds fmt lint deps-test deps-demo clean bench-ipam bench-alloc
+.PHONY: all build test demo crds fmt lint deps-test deps-demo clean bench-ipam bench-alloc bench-cni
 
 all: build
 
@@ -16,9 +16,15 @@ test: deps-test
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) test --workspace --locked
 
-## demo: the main job on this machine (see README for what it shows today).
+## demo: runs the seed-example testbed on real Open vSwitch in network
+## namespaces (root; installs what is missing) and prints the report.
+## DEMO_ARGS: more spur-hil options, e.g. --keep to look around with kubectl.
 demo: deps-demo
-	$(CARGO) run -q --locked -p spur-testbed --bin spur-testbed -- check testbeds/seed-example
+	@if [ "$$(id -u)" -ne 0 ]; then \
+	  echo "make demo builds network namespaces, veths and Open vSwitch bridges: it needs root."; \
+	  echo "Run it as root, e.g.: sudo make demo"; exit 1; fi
+	$(CARGO) build -q --locked -p spur-hil -p spur-node -p spur-cni --bins
+	target/debug/spur-hil run testbeds/seed-example $(DEMO_ARGS)
 
 ## crds: regenerate deploy/crds/ from the Rust types.
 crds:
@@ -28,6 +34,13 @@ crds:
 ## object holding every allocation (BENCH_IPAM_ARGS: --nodes N --allocs M --seed S).
 bench-ipam:
 	$(CARGO) run --release --locked -p spur-node --example ipam-bench -- $(BENCH_IPAM_ARGS)
+
+## bench-cni: ADD/DEL latency of one VLAN interface through the real spur
+## binary against Debian's macvlan + host-local, and spur as IPAM under
+## macvlan against host-local (root; BENCH_CNI_ARGS: --cycles N).
+bench-cni: deps-demo
+	$(CARGO) build -q --release --locked -p spur-hil -p spur-node -p spur-cni --bins
+	target/release/spur-hil bench-cni $(BENCH_CNI_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

@@ -188,15 +188,14 @@ pub fn plan_native(
         let Some(config) = nad(&el.namespace, &el.name) else {
             return Err(AttachError::of(
                 &network,
-                subject.error(
+                pod.subject().error(
                     Kind::Missing,
-                    "metadata.name",
-                    Some(format!("{:?}", el.name)),
                     format!(
-                        "NetworkAttachmentDefinition {network} not found (selected by \
-                         element [{}] of the Pod's {NETWORKS_ANNOTATION} annotation)",
+                        "metadata.annotations[\"{NETWORKS_ANNOTATION}\"][{}].name",
                         el.index
                     ),
+                    Some(format!("{:?}", el.name)),
+                    format!("NetworkAttachmentDefinition {network} not found"),
                 ),
             ));
         };
@@ -731,11 +730,16 @@ mod tests {
             ("mv", "network default/mv: ", "not a Spur network"),
             ("sriov", "network default/sriov: ", "vlan networks only"),
         ];
+        let mut all = Vec::new();
         for (nad, prefix, needle) in cases {
             let e = plan(nad, &["br"]).unwrap_err().to_string();
             assert!(e.starts_with(prefix), "{e}");
             assert!(e.contains(needle), "{nad}: {e}");
+            all.push(e);
         }
+        all.push(plan("vlan100", &[]).unwrap_err().to_string());
+        all.push(plan("vlan100", &["a", "b"]).unwrap_err().to_string());
+        insta::assert_snapshot!("attach_errors", all.join("\n"));
     }
 
     #[test]

@@ -390,6 +390,8 @@ async fn create_configures_both_ends() {
     // The announce sysctls, read inside the Pod netns.
     for (path, want) in [
         ("/proc/sys/net/ipv4/conf/eth1/arp_notify", "1"),
+        ("/proc/sys/net/ipv4/conf/eth1/arp_ignore", "1"),
+        ("/proc/sys/net/ipv4/conf/eth1/arp_announce", "2"),
         ("/proc/sys/net/ipv6/conf/eth1/ndisc_notify", "1"),
         ("/proc/sys/net/ipv6/conf/eth1/disable_ipv6", "0"),
     ] {

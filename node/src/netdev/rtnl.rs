@@ -550,6 +550,16 @@ fn configure_pod_end(spec: &VethSpec, socks: PodSockets) -> Result<u32, NetdevEr
         .index;
 
     let has_v6 = spec.addresses.iter().any(|a| matches!(a, IpNet::V6(_)));
+    // A Pod on several VLANs must not answer ARP on one VLAN for its
+    // address on another (Linux's default answers for any local address on
+    // any interface): the interface answers only for its own addresses and
+    // asks with a source address of its own subnet.
+    netns::write_sysctl(netns, netns::sysctl_path("ipv4", ifname, "arp_ignore"), "1")?;
+    netns::write_sysctl(
+        netns,
+        netns::sysctl_path("ipv4", ifname, "arp_announce"),
+        "2",
+    )?;
     if spec.announce {
         netns::write_sysctl(netns, netns::sysctl_path("ipv4", ifname, "arp_notify"), "1")?;
     }
