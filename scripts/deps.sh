@@ -27,6 +27,7 @@ harness() {
   need ip iproute2
   need ping iputils-ping
   need ethtool ethtool
+  need sysctl procps
   need_file /usr/lib/cni/ptp containernetworking-plugins
   need_file /usr/lib/cni/host-local containernetworking-plugins
   need_file /usr/lib/cni/macvlan containernetworking-plugins
