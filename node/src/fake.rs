@@ -149,6 +149,10 @@ impl Switch for FakeSwitch {
                 .collect())
         })
     }
+
+    fn list_bridges(&self) -> BoxFuture<'_, Result<Vec<String>, SwitchError>> {
+        Box::pin(async move { Ok(self.lock().bridges.keys().cloned().collect()) })
+    }
 }
 
 /// A Pod end as [`FakeLinks`] keeps it.

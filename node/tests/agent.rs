@@ -479,3 +479,28 @@ async fn repeated_add_is_refused_and_leaves_the_first_intact() {
     assert_eq!(env.switch.access_ports().len(), 1);
     assert_eq!(env.links.host_links().len(), 1);
 }
+
+#[tokio::test]
+async fn ports_of_a_bridge_dropped_from_the_config_are_still_swept() {
+    let env = env(ONE_BRIDGE).await;
+    ready(&env).await;
+    pod(&env, "web", "vlan100").await;
+    wait_pod(&env, "web").await;
+    sandbox(&env, "web");
+    env.agent
+        .handle(&request(Command::Add, "web", chained(), "eth0"))
+        .await
+        .unwrap();
+    // The operator moves the node to another bridge; then the Pod dies.
+    env.agent.set_config(
+        AgentConfig::from_yaml(
+            "secondaryNetwork:\n  ovsBridges: [{bridgeName: br-new, physicalInterfaces: [eth2]}]\n",
+        )
+        .unwrap(),
+    );
+    env.agent.ensure_bridges().await.unwrap();
+    kill_sandbox(&env, "web");
+    assert_eq!(env.agent.sweep_stale().await.unwrap(), 1);
+    assert!(env.switch.access_ports().is_empty());
+    assert!(stored(&env.server).is_empty());
+}

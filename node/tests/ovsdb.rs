@@ -694,6 +694,7 @@ async fn ensure_bridge_creates_the_bridge_and_root_row_then_is_idempotent() {
     assert_eq!(br["datapath_type"].as_str(), Some("netdev"));
     assert_eq!(br["mcast_snooping_enable"].as_bool(), Some(true));
 
+    assert_eq!(client.list_bridges().await.unwrap(), ["br-spur"]);
     let ports = client.list_ports("br-spur").await.unwrap();
     assert_eq!(names(&ports), ["br-spur", "up0"]);
     assert_eq!(ports[0].external_ids, ids(&[(ROLE_KEY, ROLE_LOCAL)]));

@@ -434,7 +434,11 @@ impl Agent {
     async fn remove_container(&self, c: &Call, only: Option<&str>) -> Result<(), CniError> {
         let mut ifnames: BTreeSet<String> = BTreeSet::new();
         let mut errors = Vec::new();
-        for bridge in self.bridge_names() {
+        let bridges = self.port_bridges().await.unwrap_or_else(|e| {
+            errors.push(e);
+            self.bridge_names()
+        });
+        for bridge in bridges {
             let ports = match self.switch.list_ports(&bridge).await {
                 Ok(p) => p,
                 Err(crate::ovsdb::SwitchError::NoSuchBridge(_)) => continue,

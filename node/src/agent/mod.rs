@@ -172,6 +172,21 @@ impl Agent {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
+    /// The bridges that may carry Pod ports: the configured ones and every
+    /// other bridge of the switch (a bridge dropped from the config keeps
+    /// the ports of its Pods until they go). Only ports Spur marked as
+    /// access ports are ever touched on them.
+    pub async fn port_bridges(&self) -> Result<Vec<String>, String> {
+        let mut names = self.bridge_names();
+        match self.switch.list_bridges().await {
+            Ok(all) => names.extend(all),
+            Err(e) => return Err(format!("listing the switch's bridges: {e}")),
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     /// Brings every configured bridge to its spec (idempotent). Bridges
     /// no longer configured are left alone: they may carry Pods.
     pub async fn ensure_bridges(&self) -> Result<(), String> {

@@ -31,7 +31,7 @@ impl Agent {
         stale: impl Fn(&BTreeMap<String, String>) -> bool,
     ) -> Result<usize, String> {
         let mut removed = 0;
-        for bridge in self.bridge_names() {
+        for bridge in self.port_bridges().await? {
             let ports = match self.switch.list_ports(&bridge).await {
                 Ok(p) => p,
                 Err(crate::ovsdb::SwitchError::NoSuchBridge(_)) => continue,
@@ -85,7 +85,7 @@ impl Agent {
     pub async fn sweep_stale(&self) -> Result<usize, String> {
         // Decide first (API reads), then remove.
         let mut gone: Vec<BTreeMap<String, String>> = Vec::new();
-        for bridge in self.bridge_names() {
+        for bridge in self.port_bridges().await? {
             let ports = match self.switch.list_ports(&bridge).await {
                 Ok(p) => p,
                 Err(crate::ovsdb::SwitchError::NoSuchBridge(_)) => continue,

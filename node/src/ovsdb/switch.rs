@@ -145,6 +145,9 @@ pub trait Switch: Send + Sync {
         &'a self,
         bridge: &'a str,
     ) -> BoxFuture<'a, Result<Vec<PortInfo>, SwitchError>>;
+
+    /// The names of every bridge of the switch (Spur's and others').
+    fn list_bridges(&self) -> BoxFuture<'_, Result<Vec<String>, SwitchError>>;
 }
 
 impl Switch for Client {
@@ -176,6 +179,21 @@ impl Switch for Client {
     ) -> BoxFuture<'a, Result<Vec<PortInfo>, SwitchError>> {
         Box::pin(list_ports(self, bridge))
     }
+
+    fn list_bridges(&self) -> BoxFuture<'_, Result<Vec<String>, SwitchError>> {
+        Box::pin(list_bridges(self))
+    }
+}
+
+async fn list_bridges(client: &Client) -> Result<Vec<String>, SwitchError> {
+    let ops = [Operation::select("Bridge", vec![], &["name"])];
+    let results = client.transact(OVS_DB, &ops).await?;
+    let mut names: Vec<String> = result_rows(nth(&results, 0)?)?
+        .iter()
+        .filter_map(|row| row.get("name").and_then(Datum::as_str).map(str::to_owned))
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 fn check_name(name: &str) -> Result<(), SwitchError> {
