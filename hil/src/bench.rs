@@ -13,15 +13,18 @@
 //! rotates each cycle), each in a fresh Pod namespace with a fresh
 //! container id: ADD timed, DEL timed (the namespace is made and removed
 //! outside the timed region). Plugins run inside the node's namespace
-//! through [`crate::kubelet::invoke`], as in the harness. Warm-up cycles
-//! are not counted. Any failed call aborts the bench with its error. At
+//! through [`crate::kubelet::invoke`]: by default ([`Spawn::Setns`])
+//! started from a thread that entered the namespace, as a runtime on a
+//! real node starts them with no wrapper, or with `ip netns exec` as the
+//! harness does. Warm-up cycles are not counted. Any failed call aborts the bench with its error. At
 //! the end nothing may be left: no IPAM allocation of the Pod, no Spur
 //! access port, no `host-local` reservation.
 //!
 //! Output ([`render`]): a table (p50, p90, p99, max of ADD and DEL per
-//! case, in ms, nearest-rank percentiles), the agent's own time per
-//! request from its log (where the plugin's time goes), the cost of
-//! `ip netns exec` alone, the targets, and as the last line exactly
+//! case, in ms, nearest-rank percentiles), where spur's time goes (the
+//! agent's own time per request from its log, the `spur` plugin's STATUS
+//! round trip, starting `true` the way plugins are started), the
+//! targets, and as the last line exactly
 //! `cni-bench vlan_add_p50_ratio=A vlan_add_p99_ratio=B ipam_add_p50_ratio=C
 //! vlan_add_p50_ms=D macvlan_add_p50_ms=E` ([`Summary::line`]).
 //!
@@ -72,7 +75,8 @@ pub const POD_NAMESPACE: &str = "default";
 pub const POD_NAME: &str = "bench-pod";
 /// How long one plugin call may take before it is killed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// The targets of the issue: (what, target, which summary field).
+/// The issue's targets: (summary key, the most it may be). Each is met
+/// when the value as printed (2 decimals) is at most the target.
 pub const TARGETS: [(&str, f64); 3] = [
     ("vlan_add_p50_ratio", 0.7),
     ("vlan_add_p99_ratio", 1.0),
@@ -195,11 +199,14 @@ pub enum BenchError {
         /// The failure.
         source: CniCallError,
     },
-    /// `ip netns exec` alone (the baseline) failed.
-    #[error("cycle {cycle}: the baseline `ip netns exec {netns} true` failed: {reason}")]
-    Baseline {
+    /// Starting a process in the node's namespace failed (the baseline
+    /// `true`, or a thread entering the namespace).
+    #[error("cycle {cycle}: {what} in network namespace {netns}: {reason}")]
+    Spawn {
         /// The cycle.
         cycle: usize,
+        /// What was started.
+        what: String,
         /// The node namespace.
         netns: String,
         /// What failed.
@@ -275,6 +282,50 @@ impl Case {
 impl std::fmt::Display for Case {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// How plugins are started inside the node's namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Spawn {
+    /// `ip netns exec NODE_NS plugin`, as the harness runs them (it also
+    /// makes a mount namespace and remounts /sys: about 1.8 ms here, a
+    /// cost of the lab that no real node has, paid by every plugin alike).
+    IpNetnsExec,
+    /// Started directly from a thread that entered the node's namespace,
+    /// as a container runtime on a real node starts them (the default: it
+    /// times the plugins, not the lab).
+    #[default]
+    Setns,
+}
+
+impl Spawn {
+    /// The option's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Spawn::IpNetnsExec => "ip-netns-exec",
+            Spawn::Setns => "setns",
+        }
+    }
+}
+
+impl std::fmt::Display for Spawn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Spawn {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ip-netns-exec" => Ok(Spawn::IpNetnsExec),
+            "setns" => Ok(Spawn::Setns),
+            other => Err(format!(
+                "`{other}` is not a way to start plugins: ip-netns-exec or setns"
+            )),
+        }
     }
 }
 
@@ -377,9 +428,14 @@ pub struct BenchResults {
     /// Per case whose calls reach the agent (vlan, ipam), the agent's own
     /// time per request from its log (`ms` of "CNI request served").
     pub agent: BTreeMap<Case, Samples>,
-    /// `ip netns exec NODE_NS true`: what every call pays for running in
-    /// the node's namespace.
-    pub netns_exec: Vec<Duration>,
+    /// How plugins were started.
+    pub spawn: Spawn,
+    /// Starting `true` the way plugins are started: what every call pays
+    /// before the plugin runs.
+    pub spawn_baseline: Vec<Duration>,
+    /// The `spur` plugin's STATUS, started the way ADD is: its process and
+    /// its round trip to the agent, which does no work for it.
+    pub spur_status: Vec<Duration>,
 }
 
 /// The numbers of the last line.
@@ -436,8 +492,8 @@ impl Summary {
         )
     }
 
-    /// Each target with the value reached and whether it is met (as
-    /// printed, to 2 decimals).
+    /// Each target of [`TARGETS`] as (key, value reached, target, met),
+    /// judged on the value as printed (2 decimals).
     pub fn targets(&self) -> Vec<(&'static str, f64, f64, bool)> {
         let values = [
             self.vlan_add_p50_ratio,
@@ -477,8 +533,14 @@ pub fn render(results: &BenchResults, summary: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "CNI latency, {} cycles (after {} warm-up cycles), cases interleaved; ms, nearest rank:",
-        results.cycles, results.warmup
+        "CNI latency, {} cycles (after {} warm-up), cases interleaved, plugins started with {}; \
+         ms, nearest rank:",
+        results.cycles,
+        results.warmup,
+        match results.spawn {
+            Spawn::IpNetnsExec => "`ip netns exec NODE_NS`",
+            Spawn::Setns => "a thread in the node's namespace (no wrapper)",
+        }
     );
     for c in Case::ALL {
         let _ = writeln!(out, "  {:<8} {}", c.name(), c.describe());
@@ -493,26 +555,18 @@ pub fn render(results: &BenchResults, summary: &Summary) -> String {
         stats_row(&mut out, c.name(), "ADD", &s.add);
         stats_row(&mut out, c.name(), "DEL", &s.del);
     }
-    if !results.agent.is_empty() {
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "Inside spur-agent (its log's `ms` per request; the rest is the plugin process, \
-             `ip netns exec` and the socket):"
-        );
-        for (c, s) in &results.agent {
-            let label = format!("{} (agent)", c.name());
-            stats_row(&mut out, &label, "ADD", &s.add);
-            stats_row(&mut out, &label, "DEL", &s.del);
-        }
-    }
-    if !results.netns_exec.is_empty() {
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "What every call above pays to run in the node's namespace (`ip netns exec NS true`):"
-        );
-        stats_row(&mut out, "netns exec", "-", &results.netns_exec);
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Where the time goes: starting `true` as plugins are started; spur's STATUS (plugin \
+         process and agent round trip, no work); the agent's own time per request (its log):"
+    );
+    stats_row(&mut out, "start `true`", "-", &results.spawn_baseline);
+    stats_row(&mut out, "spur STATUS", "-", &results.spur_status);
+    for (c, s) in &results.agent {
+        let label = format!("{} (agent)", c.name());
+        stats_row(&mut out, &label, "ADD", &s.add);
+        stats_row(&mut out, &label, "DEL", &s.del);
     }
     let _ = writeln!(out);
     let targets: Vec<String> = summary
@@ -624,6 +678,11 @@ pub struct BenchOptions {
     pub root: PathBuf,
     /// `RUST_LOG` of the agent (its `ms` per request is logged at info).
     pub agent_log_filter: String,
+    /// How plugins are started in the node's namespace.
+    pub spawn: Spawn,
+    /// Where to copy the agent's log before the lab goes (`None`: not
+    /// kept).
+    pub keep_agent_log: Option<PathBuf>,
 }
 
 /// What the bench produced.
@@ -747,6 +806,7 @@ fn with_lab(
 
     let bench = Bench {
         node,
+        spawn: opts.spawn,
         cni_bin_dir: lab.plan.cni_bin_dir.clone(),
         host_local_dir: node.dir.join("bench-host-local"),
         args: format!(
@@ -757,6 +817,7 @@ fn with_lab(
     let mut results = BenchResults {
         cycles: opts.cycles,
         warmup: opts.warmup,
+        spawn: opts.spawn,
         ..BenchResults::default()
     };
     let mut counted: BTreeMap<Case, BTreeSet<String>> = BTreeMap::new();
@@ -774,9 +835,11 @@ fn with_lab(
                 counted.entry(case).or_default().insert(container_id);
             }
         }
-        let base = bench.netns_exec(cycle)?;
+        let base = bench.start_true(cycle)?;
+        let status = bench.spur_status(cycle)?;
         if counts {
-            results.netns_exec.push(base);
+            results.spawn_baseline.push(base);
+            results.spur_status.push(status);
         }
         if (cycle + 1) % 50 == 0 || cycle + 1 == total {
             progress.say(format!(
@@ -798,6 +861,16 @@ fn with_lab(
             node.agent_log.display()
         )),
     }
+    if let Some(to) = &opts.keep_agent_log {
+        match std::fs::copy(&node.agent_log, to) {
+            Ok(_) => progress.say(format!("the agent's log is kept in {}", to.display())),
+            Err(e) => progress.say(format!(
+                "warning: cannot copy the agent's log {} to {}: {e}",
+                node.agent_log.display(),
+                to.display()
+            )),
+        }
+    }
     lab.check_alive(&crate::lab::agent_what(&node.name))?;
     if !leaks.is_empty() {
         return Err(BenchError::Leaks(leaks));
@@ -817,6 +890,7 @@ fn check_interrupted(interrupts: &Interrupts) -> Result<(), BenchError> {
 /// What every cycle needs.
 struct Bench<'a> {
     node: &'a NodeLab,
+    spawn: Spawn,
     cni_bin_dir: PathBuf,
     host_local_dir: PathBuf,
     /// `CNI_ARGS` with `{}` for the container id.
@@ -836,8 +910,37 @@ impl Bench<'_> {
                 SPUR_CNI_SOCKET_ENV.to_string(),
                 self.node.cni_socket.display().to_string(),
             )],
-            run_in: Some(self.node.netns.clone()),
+            run_in: match self.spawn {
+                Spawn::IpNetnsExec => Some(self.node.netns.clone()),
+                Spawn::Setns => None,
+            },
             timeout: CALL_TIMEOUT,
+        }
+    }
+
+    /// Runs `plugin` with `env` and `config` in the node's namespace, the
+    /// way [`Spawn`] says; the time is the plugin process's (a thread
+    /// entering the namespace is not counted).
+    fn invoke(
+        &self,
+        cycle: usize,
+        plugin: &Path,
+        env: CniEnv,
+        config: Value,
+    ) -> Result<Result<(Value, Duration), CniCallError>, BenchError> {
+        match self.spawn {
+            Spawn::IpNetnsExec => Ok(invoke(plugin, &env, &config)),
+            Spawn::Setns => {
+                let what = format!("CNI {} of {}", env.command, plugin.display());
+                let plugin = plugin.to_path_buf();
+                probe::sys::in_netns(&self.node.netns, move || Ok(invoke(&plugin, &env, &config)))
+                    .map_err(|e| BenchError::Spawn {
+                        cycle,
+                        what,
+                        netns: self.node.netns.clone(),
+                        reason: e.to_string(),
+                    })
+            }
         }
     }
 
@@ -886,42 +989,70 @@ impl Bench<'_> {
             source,
         };
         let add_conf = plugin_config(&list, &conf, None, &Map::new());
-        let (result, add) = invoke(
-            &plugin,
-            &self.env(CniCommand::Add, container_id, netns),
-            &add_conf,
-        )
-        .map_err(|e| fail(CniCommand::Add, e))?;
+        let env = self.env(CniCommand::Add, container_id, netns);
+        let (result, add) = self
+            .invoke(cycle, &plugin, env, add_conf)?
+            .map_err(|e| fail(CniCommand::Add, e))?;
         // As libcni: DEL gets the ADD result as prevResult (CNI >= 0.4.0).
         let del_conf = plugin_config(&list, &conf, Some(&result), &Map::new());
-        let (_, del) = invoke(
-            &plugin,
-            &self.env(CniCommand::Del, container_id, netns),
-            &del_conf,
-        )
-        .map_err(|e| fail(CniCommand::Del, e))?;
+        let env = self.env(CniCommand::Del, container_id, netns);
+        let (_, del) = self
+            .invoke(cycle, &plugin, env, del_conf)?
+            .map_err(|e| fail(CniCommand::Del, e))?;
         Ok((add, del))
     }
 
-    /// How long `ip netns exec NODE_NS true` takes.
-    fn netns_exec(&self, cycle: usize) -> Result<Duration, BenchError> {
-        let fail = |reason: String| BenchError::Baseline {
+    /// How long starting `true` takes, the way plugins are started.
+    fn start_true(&self, cycle: usize) -> Result<Duration, BenchError> {
+        let fail = |reason: String| BenchError::Spawn {
             cycle,
+            what: "`true`".to_string(),
             netns: self.node.netns.clone(),
             reason,
         };
-        let start = Instant::now();
-        let status = std::process::Command::new("ip")
-            .args(["netns", "exec", self.node.netns.as_str(), "true"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .map_err(|e| fail(e.to_string()))?;
-        let took = start.elapsed();
+        let run = |program: &str, args: &[&str]| {
+            let start = Instant::now();
+            let status = std::process::Command::new(program)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            (status, start.elapsed())
+        };
+        let (status, took) = match self.spawn {
+            Spawn::IpNetnsExec => run("ip", &["netns", "exec", self.node.netns.as_str(), "true"]),
+            Spawn::Setns => probe::sys::in_netns(&self.node.netns, move || Ok(run("true", &[])))
+                .map_err(|e| fail(e.to_string()))?,
+        };
+        let status = status.map_err(|e| fail(e.to_string()))?;
         if !status.success() {
             return Err(fail(status.to_string()));
         }
+        Ok(took)
+    }
+
+    /// How long the `spur` plugin's STATUS takes, started as ADD is.
+    fn spur_status(&self, cycle: usize) -> Result<Duration, BenchError> {
+        let plugin = self.cni_bin_dir.join(crate::lab::PLUGIN_BIN);
+        // STATUS names no container, namespace or interface.
+        let env = CniEnv {
+            container_id: String::new(),
+            netns: String::new(),
+            ifname: String::new(),
+            args: String::new(),
+            ..self.env(CniCommand::Status, "", "")
+        };
+        let config = json!({"cniVersion": "1.1.0", "name": "spur", "type": "spur"});
+        let (_, took) = self
+            .invoke(cycle, &plugin, env, config)?
+            .map_err(|source| BenchError::Call {
+                cycle,
+                case: Case::Vlan,
+                command: CniCommand::Status,
+                container_id: String::new(),
+                source,
+            })?;
         Ok(took)
     }
 

@@ -38,6 +38,28 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(20);
 /// The file in a lab directory naming its owner process.
 pub const OWNER_FILE: &str = "owner";
+
+/// Where every lab, whatever directory it lives in, registers its owner
+/// (`<OWNERS_DIR>/<lab id>/owner`): namespaces and host links are
+/// visible to every run on the host, so a run looking for crashed labs
+/// must know the owners of labs kept under other roots (a test's
+/// temporary directory, `--state-dir`) too, or it would remove live ones.
+pub const OWNERS_DIR: &str = "/run/spur-hil-owners";
+
+/// Registers the calling process as the owner of lab `id` in
+/// [`OWNERS_DIR`]; returns the directory to remove at teardown.
+pub fn register_owner(id: &LabId) -> io::Result<PathBuf> {
+    let dir = Path::new(OWNERS_DIR).join(id.as_str());
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join(OWNER_FILE), owner_line())?;
+    Ok(dir)
+}
+
+/// The live owner of lab `id` registered in [`OWNERS_DIR`], if any.
+fn registered_owner(id: &LabId) -> Option<u32> {
+    let line = fs::read_to_string(Path::new(OWNERS_DIR).join(id.as_str()).join(OWNER_FILE)).ok()?;
+    live_owner(&line)
+}
 /// The file in a lab directory listing real NICs moved into the lab.
 pub const REAL_NICS_FILE: &str = "real-nics";
 
@@ -502,11 +524,14 @@ fn scan(root: &Path) -> io::Result<BTreeMap<LabId, LabLeftovers>> {
     let dirs = names_in(root)?;
     let mut labs = group_leftovers(&netns, &links, &dirs);
     for l in labs.values_mut() {
+        l.live_owner = l.lab.as_ref().and_then(registered_owner);
         if let Some(d) = &l.dir {
             let dir = root.join(d);
-            l.live_owner = fs::read_to_string(dir.join(OWNER_FILE))
-                .ok()
-                .and_then(|s| live_owner(&s));
+            l.live_owner = l.live_owner.or_else(|| {
+                fs::read_to_string(dir.join(OWNER_FILE))
+                    .ok()
+                    .and_then(|s| live_owner(&s))
+            });
             l.moved_nics = fs::read_to_string(dir.join(REAL_NICS_FILE))
                 .map(|s| s.lines().filter_map(MovedNic::from_line).collect())
                 .unwrap_or_default();
@@ -547,6 +572,12 @@ pub fn remove_lab(l: &LabLeftovers) -> Vec<String> {
     }
     if let Some(d) = &l.dir {
         step(remove_dir(d));
+    }
+    if let Some(id) = &l.lab {
+        let reg = Path::new(OWNERS_DIR).join(id.as_str());
+        if reg.exists() {
+            step(remove_dir(&reg));
+        }
     }
     problems
 }

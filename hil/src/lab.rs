@@ -743,6 +743,11 @@ impl Lab {
             }
         }
         cleanup.push(Undo::Dir(opts.root.join(id.as_str())));
+        let owner = cleanup::register_owner(&id).map_err(io_err(
+            "registering the lab's owner",
+            &Path::new(cleanup::OWNERS_DIR).join(id.as_str()),
+        ))?;
+        cleanup.push(Undo::Dir(owner));
         cleanup.push(Undo::Sweep {
             lab: id.clone(),
             root: opts.root.clone(),

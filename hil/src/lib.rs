@@ -16,7 +16,7 @@
 //! - [`probe`]: what is really there (interfaces, OVS ports) and
 //!   reachability and multicast measurements;
 //! - [`cmd`] and [`progress`]: running host tools and reporting progress;
-//! - [`bench`]: `spur-hil bench-cni`, CNI ADD/DEL latency of `spur`
+//! - [`bench`](mod@bench): `spur-hil bench-cni`, CNI ADD/DEL latency of `spur`
 //!   against Debian's plugins on a one-node lab.
 //!
 //! What does not: Spur's own logic (agent, plugin, controller) — the

@@ -4,7 +4,7 @@
 //! ```text
 //! spur-hil run DIR [--json FILE] [--keep] [--bin-dir DIR] [--real-nic NODE/NIC=HOSTIF]... [-v]
 //! spur-hil cleanup [--force]
-//! spur-hil bench-cni [--cycles N] [--warmup N] [--bin-dir DIR] [-v]
+//! spur-hil bench-cni [--cycles N] [--warmup N] [--spawn ip-netns-exec|setns] [--agent-log FILE] [--bin-dir DIR] [-v]
 //! ```
 //!
 //! Exit status: 0 when every expectation holds, 1 when one does not (the
@@ -69,6 +69,15 @@ enum Command {
         /// Uncounted cycles first.
         #[arg(long, default_value_t = spur_hil::bench::DEFAULT_WARMUP)]
         warmup: usize,
+        /// How plugins are started in the node's namespace: setns (from a
+        /// thread in the namespace, as a runtime on a real node starts
+        /// them, with no wrapper) or ip-netns-exec (as the harness does).
+        #[arg(long, value_name = "HOW", default_value_t = spur_hil::bench::Spawn::Setns)]
+        spawn: spur_hil::bench::Spawn,
+        /// Keep a copy of the agent's log in FILE (with -v it logs at
+        /// debug level).
+        #[arg(long, value_name = "FILE")]
+        agent_log: Option<PathBuf>,
         /// Where spur-agent and spur are (default: this executable's directory).
         #[arg(long, value_name = "DIR")]
         bin_dir: Option<PathBuf>,
@@ -171,6 +180,8 @@ fn main() -> ExitCode {
         Command::BenchCni {
             cycles,
             warmup,
+            spawn,
+            agent_log,
             bin_dir,
             verbose,
             state_dir,
@@ -182,6 +193,8 @@ fn main() -> ExitCode {
                 bin_dir: bin_dir.unwrap_or_else(default_bin_dir),
                 root: state_dir,
                 agent_log_filter: if verbose { "debug" } else { "info" }.to_string(),
+                spawn,
+                keep_agent_log: agent_log,
             };
             match spur_hil::bench::bench_cni(&opts, &Progress::new(false)) {
                 Ok(outcome) => {
