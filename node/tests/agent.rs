@@ -19,7 +19,7 @@ use spur_core::cni::CniVersion;
 use spur_core::cniproto::{AgentRequest, CniResult, Command, PROTO_VERSION};
 use spur_core::config::AgentConfig;
 use spur_kubeapi::ApiServer;
-use spur_node::agent::cluster::{nad_resource, KubeCluster, NETWORK_STATUS_ANNOTATION};
+use spur_node::agent::cluster::{nad_resource, Cluster, KubeCluster, NETWORK_STATUS_ANNOTATION};
 use spur_node::agent::{Agent, AgentSettings};
 use spur_node::fake::{FakeLinks, FakeSwitch};
 use spur_node::ipam::Ipam;
@@ -30,6 +30,7 @@ const NODE: &str = "node-a";
 
 struct Env {
     server: ApiServer,
+    cluster: KubeCluster,
     agent: Arc<Agent>,
     switch: Arc<FakeSwitch>,
     links: Arc<FakeLinks>,
@@ -117,6 +118,7 @@ async fn env(bridges: &str) -> Env {
     wait_until(|| agent.ipam().cache().layout("tiny").is_some()).await;
     Env {
         server,
+        cluster,
         agent,
         switch,
         links,
@@ -443,6 +445,9 @@ async fn sweep_removes_ports_of_dead_sandboxes_and_deleted_pods_only() {
     kill_sandbox(&env, "dead");
     let pods: Api<Pod> = Api::namespaced(client(&env.server), "default");
     pods.delete("deleted", &Default::default()).await.unwrap();
+    // The sweep trusts the node's cache for Pods it holds (no API read per
+    // port): it acts once the deletion has reached the cache.
+    wait_until(|| env.cluster.cached_pod("default", "deleted").is_none()).await;
     let removed = env.agent.sweep_stale().await.unwrap();
     assert_eq!(removed, 2);
     let held = stored(&env.server);

@@ -67,6 +67,11 @@ pub trait Cluster: Send + Sync {
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<PodInfo>, ClusterError>>;
 
+    /// The Pod as the cache has it (no API request): `None` when the cache
+    /// has not seen it, which a caller about to free something must
+    /// confirm with [`Cluster::pod_fresh`].
+    fn cached_pod(&self, namespace: &str, name: &str) -> Option<PodInfo>;
+
     /// The Pod as the API has it now (no cache): for decisions that free
     /// resources, which must not trust a cache that may lag.
     fn pod_fresh<'a>(
@@ -224,11 +229,17 @@ impl Cluster for KubeCluster {
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<PodInfo>, ClusterError>> {
         Box::pin(async move {
-            if let Some(p) = self.pods.get(&ObjectRef::new(name).within(namespace)) {
-                return Ok(Some(PodInfo::from_pod(&p)));
+            if let Some(p) = self.cached_pod(namespace, name) {
+                return Ok(Some(p));
             }
             self.pod_fresh(namespace, name).await
         })
+    }
+
+    fn cached_pod(&self, namespace: &str, name: &str) -> Option<PodInfo> {
+        self.pods
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|p| PodInfo::from_pod(&p))
     }
 
     fn pod_fresh<'a>(

@@ -6,7 +6,9 @@
 //! A Pod's access port is stale when its sandbox is gone (the netns path
 //! recorded in the port no longer exists) or its Pod is gone (the API,
 //! asked directly rather than through a cache that may lag, says there is
-//! no such Pod, or that the Pod with that name now runs on another node).
+//! no such Pod, or that the Pod with that name now runs on another node;
+//! the API is asked only about Pods the node's cache does not hold, so a
+//! pass over a healthy node reads nothing from the API).
 //! A stale port is removed with its veth, and the addresses of its
 //! interface are released. A live Pod's sandbox netns exists and its Pod
 //! exists, so its addresses are never released here.
@@ -116,6 +118,16 @@ impl Agent {
         ) else {
             return Ok(false);
         };
+        // The cache answers for the Pods that are here (no API read per
+        // port and pass); only a Pod the cache does not have is asked of
+        // the API before anything is freed.
+        if self
+            .cluster
+            .cached_pod(ns, name)
+            .is_some_and(|p| p.node.as_deref() == Some(self.node()))
+        {
+            return Ok(false);
+        }
         match self.cluster.pod_fresh(ns, name).await {
             Ok(None) => Ok(true),
             Ok(Some(p)) => Ok(p.node.as_deref().is_some_and(|n| n != self.node())),
