@@ -1124,3 +1124,69 @@ async fn reconnects_after_the_server_restarts() {
     };
     assert!(update["Port"].values().all(|u| u.new.is_none()));
 }
+
+#[tokio::test]
+async fn attach_watch_follows_ofport_and_error() {
+    use spur_node::ovsdb::attach::{Attach, AttachWatch};
+    let Some(server) = OvsdbServer::start().await else {
+        return;
+    };
+    let client = server.client().await;
+    client.ensure_bridge(&spec(&[], false)).await.unwrap();
+    let watch = AttachWatch::start(&client).await.unwrap();
+    assert_eq!(
+        watch.get("br-spur"),
+        Some(Attach::Pending),
+        "no vswitchd here"
+    );
+    client
+        .add_access_port("br-spur", "veth-a", 7, BTreeMap::new())
+        .await
+        .unwrap();
+    // Play ovs-vswitchd: it refuses the interface, then attaches it.
+    let set = |ofport: i64, error: Option<&str>| {
+        let client = client.clone();
+        let row: Row = BTreeMap::from([
+            ("ofport".to_string(), Datum::Atom(Atom::Integer(ofport))),
+            (
+                "error".to_string(),
+                error.map_or_else(Datum::empty_set, |e| Datum::Atom(Atom::String(e.into()))),
+            ),
+        ]);
+        async move {
+            let ops = [Operation::update(
+                "Interface",
+                vec![Condition::eq("name", "veth-a")],
+                row,
+            )];
+            client.transact(OVS_DB, &ops).await.unwrap();
+        }
+    };
+    set(
+        -1,
+        Some("could not open network device veth-a (No such device)"),
+    )
+    .await;
+    let err = watch
+        .wait("veth-a", Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.contains("No such device"), "{err}");
+    set(5, None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while watch.get("veth-a") != Some(Attach::Attached(5)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            watch.get("veth-a")
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(watch.wait("veth-a", Duration::from_secs(1)).await, Ok(5));
+    client.remove_port("br-spur", "veth-a").await.unwrap();
+    let err = watch
+        .wait("veth-gone", Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(err.contains("within"), "{err}");
+}

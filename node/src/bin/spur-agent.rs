@@ -138,6 +138,10 @@ async fn run(kubeconfig: Option<PathBuf>, args: RunArgs) -> Result<(), String> {
     let switch = spur_node::ovsdb::Client::connect(spur_node::ovsdb::ClientConfig::new(&ovsdb))
         .await
         .map_err(|e| format!("OVSDB {}: {e}", ovsdb.display()))?;
+    // Logs every interface ovs-vswitchd fails to attach, as it happens.
+    let _attach = spur_node::ovsdb::attach::AttachWatch::start(&switch)
+        .await
+        .map_err(|e| format!("OVSDB {}: monitoring interfaces: {e}", ovsdb.display()))?;
     let links = spur_node::netdev::RtNetlinkLinks::new()
         .await
         .map_err(|e| format!("netlink: {e}"))?;

@@ -16,10 +16,13 @@
 //!   reconnection with backoff.
 //! - [`switch`]: the [`Switch`] trait the agent (and a simulator) uses,
 //!   implemented for [`Client`] with one transaction per change.
+//! - [`attach`]: [`attach::AttachWatch`], a monitor of every interface's
+//!   `ofport` and `error`: whether `ovs-vswitchd` attached it.
 //!
 //! Errors are [`OvsdbError`] (protocol and connection) and [`SwitchError`]
 //! (switch operations).
 
+pub mod attach;
 pub mod client;
 pub mod error;
 pub mod proto;
