@@ -22,10 +22,10 @@ pub enum ConnectError {
     Client(#[from] kube::Error),
 }
 
-/// A client from `kubeconfig`, or from the environment when `None`.
-///
-/// Built without a TLS backend for now: `https` API servers need the
-/// `rustls-tls` feature of `kube` (a later issue, with the agent's `run`).
+/// A client from `kubeconfig`, or from the environment when `None`
+/// (in-cluster service account first, as a DaemonSet runs). `https` API
+/// servers are reached with rustls (the `ring` provider); plain `http`
+/// (the embedded API server of labs and tests) works too.
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client, ConnectError> {
     let Some(path) = kubeconfig else {
         return Ok(Client::try_default().await?);
