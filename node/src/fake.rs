@@ -178,6 +178,9 @@ struct LinksState {
     host: BTreeMap<String, (PathBuf, String)>,
     next_index: u32,
     fail_create: BTreeSet<String>,
+    /// Interfaces of the agent's netns that are not Pods' (NICs), with
+    /// their addresses.
+    nics: BTreeMap<String, Vec<IpNet>>,
 }
 
 /// Pod links in memory; network namespaces exist once added with
@@ -218,6 +221,13 @@ impl FakeLinks {
     /// Makes creating a link whose Pod end is `ifname` fail.
     pub fn fail_create(&self, ifname: &str) {
         self.lock().fail_create.insert(ifname.to_string());
+    }
+
+    /// A NIC of the node (in the agent's netns) with `addresses`.
+    pub fn add_nic(&self, name: &str, addresses: &[IpNet]) {
+        self.lock()
+            .nics
+            .insert(name.to_string(), addresses.to_vec());
     }
 
     /// Every host end that exists.
@@ -338,6 +348,19 @@ impl PodLinks for FakeLinks {
                 peer_index: None,
                 routes: Vec::new(),
             }))
+        })
+    }
+
+    fn host_addresses<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<IpNet>>, NetdevError>> {
+        Box::pin(async move {
+            let s = self.lock();
+            if let Some(a) = s.nics.get(name) {
+                return Ok(Some(a.clone()));
+            }
+            Ok(s.host.contains_key(name).then(Vec::new))
         })
     }
 

@@ -509,3 +509,34 @@ async fn ports_of_a_bridge_dropped_from_the_config_are_still_swept() {
     assert!(env.switch.access_ports().is_empty());
     assert!(stored(&env.server).is_empty());
 }
+
+#[tokio::test]
+async fn an_uplink_with_the_nodes_addresses_is_never_bridged() {
+    let env = env(ONE_BRIDGE).await;
+    env.links.add_nic(
+        "eth1",
+        &[
+            "192.168.1.10/24".parse().unwrap(),
+            "fe80::1/64".parse().unwrap(),
+        ],
+    );
+    let e = env.agent.ensure_bridges().await.unwrap_err();
+    assert!(
+        e.contains("uplink eth1 carries addresses of the node (192.168.1.10/24)"),
+        "{e}"
+    );
+    assert!(env.switch.bridges().is_empty(), "nothing was bridged");
+    wait_until(|| env.agent.ipam().cache().is_ready()).await;
+    let st = json!({"cniVersion": "1.1.0", "name": "spur", "type": "spur"});
+    let err = env
+        .agent
+        .handle(&request(Command::Status, "x", st, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, 50);
+    assert!(err.msg.contains("192.168.1.10/24"), "{}", err.msg);
+    // A NIC with only a link-local address is fine.
+    env.links.add_nic("eth1", &["fe80::1/64".parse().unwrap()]);
+    env.agent.ensure_bridges().await.unwrap();
+    assert_eq!(env.switch.bridges()["br-sec"].uplinks, vec!["eth1"]);
+}

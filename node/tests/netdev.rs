@@ -744,3 +744,38 @@ async fn abandoned_create_leaves_nothing_behind() {
     }
     assert!(abandoned > 0, "no create_veth was abandoned");
 }
+
+#[tokio::test]
+async fn host_addresses_of_a_nic_in_the_agents_netns() {
+    require_env!();
+    let agent = Agent::new().await;
+    let nic = unique("n");
+    let out = agent.ns.exec(&[
+        "ip",
+        "link",
+        "add",
+        &nic,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &unique("p"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        agent.links.host_addresses(&nic).await.unwrap(),
+        Some(vec![])
+    );
+    let out = agent
+        .ns
+        .exec(&["ip", "addr", "add", "192.168.9.10/24", "dev", &nic]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        agent.links.host_addresses(&nic).await.unwrap(),
+        Some(vec![net("192.168.9.10/24")])
+    );
+    assert_eq!(
+        agent.links.host_addresses("nosuchnic0").await.unwrap(),
+        None
+    );
+}

@@ -192,6 +192,10 @@ impl Agent {
     pub async fn ensure_bridges(&self) -> Result<(), String> {
         let mut errors = Vec::new();
         for spec in self.bridge_specs() {
+            if let Err(e) = self.check_uplinks(&spec).await {
+                errors.push(format!("bridge {}: {e}", spec.name));
+                continue;
+            }
             if let Err(e) = self.switch.ensure_bridge(&spec).await {
                 errors.push(format!("bridge {}: {e}", spec.name));
             }
@@ -204,6 +208,37 @@ impl Agent {
         *self.bridge_error.write().unwrap_or_else(|p| p.into_inner()) = result.clone().err();
         self.bridges_ready.store(result.is_ok(), Ordering::SeqCst);
         result
+    }
+
+    /// Refuses uplinks that carry the node's own addresses: moving the
+    /// node's management interface into a bridge would take its addresses,
+    /// routes and DNS away (a known failure of other secondary-network
+    /// plugins). An uplink that does not exist yet is left to the switch,
+    /// which attaches it when it appears.
+    async fn check_uplinks(&self, spec: &BridgeSpec) -> Result<(), String> {
+        for uplink in &spec.uplinks {
+            let addrs = self
+                .links
+                .host_addresses(uplink)
+                .await
+                .map_err(|e| format!("uplink {uplink}: {e}"))?
+                .unwrap_or_default();
+            let own: Vec<String> = addrs
+                .iter()
+                .filter(|a| !matches!(a, ipnet::IpNet::V6(v6) if v6.addr().is_unicast_link_local()))
+                .map(ToString::to_string)
+                .collect();
+            if !own.is_empty() {
+                return Err(format!(
+                    "uplink {uplink} carries addresses of the node ({}): Spur never moves an \
+                     interface with the node's addresses into a bridge (it would cut the \
+                     node's routes and DNS); give the bridge a NIC without addresses in \
+                     spur-agent.conf secondaryNetwork.ovsBridges[].physicalInterfaces",
+                    own.join(", ")
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Why the agent cannot serve ADD now, if it cannot.

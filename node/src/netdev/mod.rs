@@ -256,6 +256,15 @@ pub trait PodLinks: Send + Sync {
         &'a self,
         host_name: &'a str,
     ) -> BoxFuture<'a, Result<Option<HostLinkState>, NetdevError>>;
+
+    /// The addresses of interface `name` in the agent's netns (link-local
+    /// IPv6 ones included); `None` when there is no such interface. The
+    /// agent asks it of uplinks: an interface with the node's addresses is
+    /// the node's own, and Spur never moves it into a bridge.
+    fn host_addresses<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<IpNet>>, NetdevError>>;
 }
 
 #[cfg(test)]

@@ -384,6 +384,32 @@ impl PodLinks for RtNetlinkLinks {
     ) -> BoxFuture<'a, Result<Option<HostLinkState>, NetdevError>> {
         Box::pin(self.get_host(host_name))
     }
+
+    fn host_addresses<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<IpNet>>, NetdevError>> {
+        Box::pin(async move {
+            let Some(link) = self.get_host(name).await? else {
+                return Ok(None);
+            };
+            let replies = self
+                .host_request(
+                    RouteNetlinkMessage::GetAddress(msg::dump_addresses()),
+                    NLM_F_DUMP,
+                )
+                .await
+                .map_err(|e| agent_err("list addresses", name, e))?;
+            let addrs: Vec<_> = replies
+                .into_iter()
+                .filter_map(|m| match m {
+                    RouteNetlinkMessage::NewAddress(a) => Some(a),
+                    _ => None,
+                })
+                .collect();
+            Ok(Some(msg::addresses_of(&addrs, link.index)))
+        })
+    }
 }
 
 /// The caller's side of a `create_veth` running as its own task. The task
