@@ -6,7 +6,9 @@
 //! writer, only when it changes. And [`admission`]: which IPPools and
 //! NetworkAttachmentDefinitions the API must refuse, as pure functions and
 //! as validating hooks an API server (the webhook later, the embedded test
-//! server today) calls.
+//! server today) calls. And [`gc`]: the address garbage collector, which
+//! releases allocations whose Pod or StatefulSet ordinal is gone.
+//! And [`nodeipam`]: Nodes' `spec.podCIDRs` when NodeIPAM is enabled.
 //!
 //! What does not: the rules themselves (pool layouts, block math, what an
 //! IPAM request means) live in `spur-core`, which this crate calls for
@@ -15,4 +17,6 @@
 //! serving the admission webhook (HTTPS, AdmissionReview) come later.
 
 pub mod admission;
+pub mod gc;
+pub mod nodeipam;
 pub mod usage;

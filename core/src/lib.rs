@@ -14,6 +14,7 @@
 pub mod allocator;
 pub mod attach;
 pub mod cni;
+pub mod cniconf;
 pub mod cniproto;
 pub mod config;
 pub mod error;

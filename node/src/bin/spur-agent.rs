@@ -4,15 +4,22 @@
 //! spur-agent run --node-name NODE [--config FILE] [--kubeconfig FILE]
 //!                [--cni-socket PATH] [--ovsdb PATH] [--datapath netdev|system]
 //! spur-agent ipam show POOL [--kubeconfig FILE]
+//! spur-agent install-cni [--plugin-src PATH] [--cni-bin-dir DIR]
+//!                        [--cni-conf-dir DIR] [--mode native|multus]
+//!                        [--uninstall] [--wait-seconds N]
 //! ```
 //!
 //! `run` is the DaemonSet's long-running process (see `spur_node::agent`);
-//! `ipam show` lists who holds which address of an IPPool.
+//! `ipam show` lists who holds which address of an IPPool; `install-cni`
+//! is the DaemonSet's init container (see `install_cni`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+#[path = "spur-agent/install_cni.rs"]
+mod install_cni;
 
 #[derive(Parser, Debug)]
 #[command(name = "spur-agent", version, about = "Spur's node agent")]
@@ -31,6 +38,9 @@ enum Command {
     /// IP address management.
     #[command(subcommand)]
     Ipam(IpamCommand),
+    /// Installs the spur plugin into the CNI binary directory and, in
+    /// native mode, chains it into the primary CNI's conflist.
+    InstallCni(install_cni::InstallArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -84,6 +94,10 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(cli.kubeconfig, args).await.map(|()| String::new()),
         Command::Ipam(IpamCommand::Show { pool }) => show(cli.kubeconfig, &pool).await,
+        Command::InstallCni(args) => tokio::task::spawn_blocking(move || install_cni::run(&args))
+            .await
+            .unwrap_or_else(|e| Err(format!("install-cni: {e}")))
+            .map(|()| String::new()),
     };
     match result {
         Ok(text) => {
