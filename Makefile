@@ -3,7 +3,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test demo crds fmt lint deps-test deps-demo clean bench-ipam bench-alloc bench-cni
+.PHONY: all build test demo crds fmt lint deps-test deps-demo clean bench-ipam bench-alloc bench-cni validate-deploy
 
 all: build
 
@@ -15,6 +15,7 @@ test: deps-test
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) test --workspace --locked
+	python3 scripts/validate-deploy.py
 
 ## demo: runs the seed-example testbed on real Open vSwitch in network
 ## namespaces (root; installs what is missing) and prints the report.
@@ -25,6 +26,12 @@ demo: deps-demo
 	  echo "Run it as root, e.g.: sudo make demo"; exit 1; fi
 	$(CARGO) build -q --locked -p spur-hil -p spur-node -p spur-cni --bins
 	target/debug/spur-hil run testbeds/seed-example $(DEMO_ARGS)
+
+## validate-deploy: what `kubectl kustomize deploy/` builds and deploy/examples/,
+## with kubernetes-validate (strict) for Kubernetes 1.30-1.33, and the objects
+## of Spur's CRDs against their openAPIV3Schema.
+validate-deploy: deps-test
+	python3 scripts/validate-deploy.py
 
 ## crds: regenerate deploy/crds/ from the Rust types.
 crds:

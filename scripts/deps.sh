@@ -33,6 +33,27 @@ harness() {
   need_file /usr/lib/cni/macvlan containernetworking-plugins
 }
 
+# kubernetes-validate (PyPI), which `make validate-deploy` runs: installed
+# with pip when the module is missing. Debian 12's python3 is "externally
+# managed" (PEP 668): pip then needs --break-system-packages, and installs
+# into /usr/local/lib/python3.*/dist-packages, apart from Debian's own
+# packages. (A venv would need python3-venv as well and a path to activate
+# in the Makefile; pip into the system Python keeps `python3` working as is.)
+pip_deps() {
+  python3 -c 'import kubernetes_validate' >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" -ne 0 ] && [ ! -w "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" ]; then
+    echo "deps: missing: the Python module kubernetes_validate" >&2
+    echo "      Install it: python3 -m pip install kubernetes-validate" >&2
+    exit 1
+  fi
+  local flags=(--quiet --disable-pip-version-check --root-user-action=ignore)
+  if [ -e "$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/EXTERNALLY-MANAGED" ]; then
+    flags+=(--break-system-packages)
+  fi
+  echo "deps: installing kubernetes-validate (pip)"
+  python3 -m pip install "${flags[@]}" "kubernetes-validate>=1.33"  # has schemas for 1.30-1.33
+}
+
 # The Rust toolchain comes from rustup, not from Debian (Debian's is too old).
 for tool in cargo rustfmt cargo-clippy; do
   if ! command -v "$tool" >/dev/null 2>&1; then
@@ -44,7 +65,9 @@ done
 
 case "$want" in
   test)
-    need kubectl kubectl          # the embedded API server's kubectl tests
+    need kubectl kubectl          # the embedded API server's kubectl tests; kustomize
+    need python3 python3          # scripts/validate-deploy.py
+    python3 -m pip --version >/dev/null 2>&1 || missing_cmds+=("pip:python3-pip")
     harness                       # OVSDB client tests, netlink tests, harness testbeds
     ;;
   demo)
@@ -55,7 +78,10 @@ case "$want" in
   *) echo "deps: unknown group '$want' (expected test or demo)" >&2; exit 2 ;;
 esac
 
-[ ${#missing_cmds[@]} -eq 0 ] && exit 0
+if [ ${#missing_cmds[@]} -eq 0 ]; then
+  [ "$want" = test ] && pip_deps
+  exit 0
+fi
 
 pkgs=()
 for m in "${missing_cmds[@]}"; do pkgs+=("${m##*:}"); done
@@ -70,3 +96,5 @@ echo "deps: installing ${pkgs[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+[ "$want" = test ] && pip_deps
+exit 0
