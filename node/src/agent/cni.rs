@@ -129,7 +129,10 @@ impl Agent {
                 "VERSION is answered by the plugin itself",
             )),
         };
-        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let elapsed = started.elapsed();
+        self.metrics
+            .record_request(req.command, elapsed, res.as_ref().err().map(|e| e.code));
+        let ms = elapsed.as_secs_f64() * 1e3;
         match &res {
             Ok(_) => tracing::info!(
                 command = %req.command,

@@ -10,6 +10,9 @@
 //!   is all or nothing;
 //! - [`server`]: the unix socket (0600 in a 0700 directory, versioned and
 //!   length-prefixed messages, bounded time);
+//! - [`metrics`]: Prometheus metrics (CNI latency and errors, OVSDB
+//!   reconnects, readiness, stale ports) and the `/metrics`, `/healthz`
+//!   and `/readyz` endpoints;
 //! - [`sweep`]: level-driven clean-up of ports whose Pod or sandbox is
 //!   gone (at start, after a restart, and periodically), and of the
 //!   bridges' spec (config changes included).
@@ -21,6 +24,7 @@
 
 pub mod cluster;
 pub mod cni;
+pub mod metrics;
 pub mod server;
 pub mod sweep;
 
@@ -85,6 +89,7 @@ pub struct Agent {
     links: Arc<dyn PodLinks>,
     bridges_ready: AtomicBool,
     bridge_error: RwLock<Option<String>>,
+    metrics: Arc<metrics::AgentMetrics>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -114,7 +119,20 @@ impl Agent {
             links,
             bridges_ready: AtomicBool::new(false),
             bridge_error: RwLock::new(None),
+            metrics: Arc::new(metrics::AgentMetrics::new()),
         }
+    }
+
+    /// The agent with `metrics` in place of its own (e.g. a registry
+    /// shared with other parts of the process).
+    pub fn with_metrics(mut self, metrics: Arc<metrics::AgentMetrics>) -> Agent {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The agent's metrics.
+    pub fn metrics(&self) -> &Arc<metrics::AgentMetrics> {
+        &self.metrics
     }
 
     /// This node's name.

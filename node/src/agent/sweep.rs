@@ -45,6 +45,7 @@ impl Agent {
                     continue;
                 }
                 self.remove_port_of(&bridge, &p.name, ids).await?;
+                self.metrics.add_stale_ports_removed(1);
                 removed += 1;
             }
         }

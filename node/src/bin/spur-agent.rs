@@ -3,6 +3,7 @@
 //! ```text
 //! spur-agent run --node-name NODE [--config FILE] [--kubeconfig FILE]
 //!                [--cni-socket PATH] [--ovsdb PATH] [--datapath netdev|system]
+//!                [--metrics-addr HOST:PORT]
 //! spur-agent ipam show POOL [--kubeconfig FILE]
 //! spur-agent install-cni [--plugin-src PATH] [--cni-bin-dir DIR]
 //!                        [--cni-conf-dir DIR] [--mode native|multus]
@@ -67,6 +68,11 @@ struct RunArgs {
     /// reconciliation.
     #[arg(long, default_value_t = 30)]
     resync_seconds: u64,
+    /// Where to serve /metrics, /healthz and /readyz (HTTP); empty
+    /// disables them.
+    #[arg(long, env = "SPUR_METRICS_ADDR", value_name = "HOST:PORT",
+          default_value = spur_node::agent::metrics::DEFAULT_ADDR)]
+    metrics_addr: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,6 +148,7 @@ async fn run(kubeconfig: Option<PathBuf>, args: RunArgs) -> Result<(), String> {
         .ovsdb
         .clone()
         .unwrap_or_else(|| PathBuf::from(&config.ovs_run_dir).join("db.sock"));
+    let metrics_addr = agent::metrics::parse_addr(&args.metrics_addr).map_err(|e| e.to_string())?;
     let datapath = args
         .datapath
         .clone()
@@ -173,9 +180,24 @@ async fn run(kubeconfig: Option<PathBuf>, args: RunArgs) -> Result<(), String> {
         config,
         ipam,
         Arc::new(cluster.clone()),
-        Arc::new(switch),
+        Arc::new(switch.clone()),
         Arc::new(links),
     ));
+    agent
+        .metrics()
+        .set_ovsdb_reconnects(move || switch.reconnects());
+    // Served from the start: /healthz answers and /readyz says why the
+    // agent is not ready while the caches fill.
+    let metrics = match metrics_addr {
+        Some(addr) => {
+            let listener = agent::metrics::bind(addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+            Some(tokio::spawn(agent::metrics::serve(listener, agent.clone())))
+        }
+        None => None,
+    };
     tracing::info!(node = %args.node_name, "waiting for the API caches");
     cluster.wait_ready().await;
     agent.ipam().cache().wait_ready().await;
@@ -202,6 +224,9 @@ async fn run(kubeconfig: Option<PathBuf>, args: RunArgs) -> Result<(), String> {
     }
     server.abort();
     periodic.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
