@@ -220,8 +220,6 @@ def main():
     examples = sorted(glob.glob(os.path.join(DEPLOY, "examples", "**", "*.yaml"), recursive=True))
     if not examples:
         sys.exit("validate-deploy: no YAML file under deploy/examples/")
-    # Manifests kept out of the base until what they run exists.
-    examples.append(os.path.join(DEPLOY, "controller.yaml"))
     for path in examples:
         with open(path) as f:
             docs = load_docs(f.read(), rel(path))

@@ -9,14 +9,22 @@
 //! server today) calls. And [`gc`]: the address garbage collector, which
 //! releases allocations whose Pod or StatefulSet ordinal is gone.
 //! And [`nodeipam`]: Nodes' `spec.podCIDRs` when NodeIPAM is enabled.
+//! And [`webhook`]: the HTTPS validating admission webhook (AdmissionReview
+//! v1 over rustls/hyper) and the certificate it bootstraps.
+//! And [`leader`]: leader election on a Lease, and [`metrics`]: the
+//! Prometheus metrics and the health endpoints of the `spur-controller`
+//! binary (`src/bin/spur-controller.rs`).
 //!
 //! What does not: the rules themselves (pool layouts, block math, what an
 //! IPAM request means) live in `spur-core`, which this crate calls for
 //! every decision; per-node allocation I/O lives in the agent (`spur-node`);
-//! the `spur-controller` binary, its config file, leader election and
-//! serving the admission webhook (HTTPS, AdmissionReview) come later.
+//! the binary's wiring (flags, config file, which loops run while leading)
+//! lives in `src/bin/spur-controller.rs`.
 
 pub mod admission;
 pub mod gc;
+pub mod leader;
+pub mod metrics;
 pub mod nodeipam;
 pub mod usage;
+pub mod webhook;

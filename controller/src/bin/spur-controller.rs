@@ -1,0 +1,513 @@
+//! `spur-controller`: the cluster-level controller of Spur.
+//!
+//! What lives here: the wiring. Flags (those of deploy/controller.yaml),
+//! `spur-controller.conf`, the API connection, the metrics and health
+//! server, leader election on a Lease, and, while this replica leads, the
+//! leader-only loops: IPPool usage, address garbage collection and (when
+//! enabled) NodeIPAM. They start when leadership is won and stop when it is
+//! lost. On SIGTERM (or SIGINT) the loops stop, the Lease is released so the
+//! other replica takes over at its next try, and the process exits 0.
+//!
+//! Every replica, leader or not, serves the HTTPS admission webhook
+//! (`spur_controller::webhook`: certificate bootstrapped into its Secret
+//! and the webhook configuration's caBundle, or cert-manager's from
+//! `--webhook-cert-dir`); a webhook that cannot start is retried.
+//!
+//! An unreachable API does not end the process: the leader steps down at
+//! its renew deadline and every replica keeps retrying (a restart would not
+//! make the API reachable, and the kube client reconnects by itself);
+//! `/healthz` stays 200 and the pool gauges keep their last values.
+//!
+//! What does not live here: every decision and server (the library
+//! modules: `leader`, `metrics`, `webhook`, `usage`, `gc`, `nodeipam`).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use kube::api::{Api, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, ResourceExt};
+use spur_controller::gc::{GcConfig, GcReconciler};
+use spur_controller::leader::{ElectionConfig, Elector, LeaderState};
+use spur_controller::metrics::{self, gc_reason_label, Health, Metrics};
+use spur_controller::nodeipam::{NodeIpamLoopConfig, NodeIpamReconciler};
+use spur_controller::usage::{stored_usage, UsageConfig, UsageReconciler};
+use spur_controller::webhook::WebhookConfig;
+use spur_core::config::ControllerConfig;
+use spur_core::ippool::IPPool;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How often every replica reads the IPPools' `status.usage` into the
+/// pool gauges.
+const POOL_GAUGE_PERIOD: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the leader loops to stop, and then for the
+/// Lease release (well inside the default 30 s termination grace period).
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a failed admission webhook waits before starting again.
+const WEBHOOK_RETRY: Duration = Duration::from_secs(10);
+/// Wait before restarting a leader-only loop that ended with an error.
+const LOOP_RESTART: Duration = Duration::from_secs(5);
+
+/// Spur's controller: admission, IPPool usage, garbage collection and
+/// NodeIPAM, leader-elected.
+#[derive(Debug, Parser)]
+#[command(name = "spur-controller", version)]
+struct Args {
+    /// spur-controller.conf (YAML; see reference.md).
+    #[arg(long, default_value = "/etc/spur/spur-controller.conf")]
+    config: PathBuf,
+    /// A kubeconfig file (default: in-cluster service account, then
+    /// $KUBECONFIG, then ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    leader_election_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "spur-controller")]
+    leader_election_lease: String,
+    /// holderIdentity (default: $POD_NAME, else hostname and pid).
+    #[arg(long, env = "POD_NAME")]
+    leader_election_identity: Option<String>,
+    /// leaseDurationSeconds of the Lease.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    leader_election_lease_duration: u64,
+    /// Milliseconds without renewal after which the leader steps down
+    /// (below the lease duration).
+    #[arg(long, default_value_t = 10_000)]
+    leader_election_renew_deadline_ms: u64,
+    /// Milliseconds between two election tries.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(10..))]
+    leader_election_retry_period_ms: u64,
+    /// Port of /metrics, /healthz and /readyz.
+    #[arg(long, default_value_t = 8080)]
+    metrics_port: u16,
+    /// Address the metrics port binds.
+    #[arg(long, default_value_t = std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    metrics_address: std::net::IpAddr,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// The admission webhook's flags (deploy/controller.yaml). Accepted and
+/// recorded here; the webhook server uses them.
+#[derive(Debug, Clone, clap::Args)]
+struct WebhookArgs {
+    /// HTTPS port of the admission webhook.
+    #[arg(long, default_value_t = 9443)]
+    webhook_port: u16,
+    /// Secret (in the controller's namespace) holding the webhook's
+    /// certificate.
+    #[arg(long, default_value = "spur-webhook-tls")]
+    webhook_secret: String,
+    /// Service fronting the webhook (the certificate's DNS names).
+    #[arg(long, default_value = "spur-webhook")]
+    webhook_service: String,
+    /// ValidatingWebhookConfiguration whose caBundle is filled.
+    #[arg(long, default_value = "spur-webhook")]
+    webhook_configuration: String,
+    /// cert-manager mode: read tls.crt and tls.key from this directory
+    /// instead of bootstrapping the Secret and the caBundle.
+    #[arg(long)]
+    webhook_cert_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("config {path}: {message}")]
+    Config { path: String, message: String },
+    #[error("kubeconfig {path}: {message}")]
+    Kubeconfig { path: String, message: String },
+    #[error("cannot connect to the Kubernetes API: {0}")]
+    Client(#[from] kube::Error),
+    #[error("leader election: renew deadline {deadline_ms} ms must be below the lease duration {lease_s} s")]
+    Timing { deadline_ms: u64, lease_s: u64 },
+    #[error("metrics port {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+fn read_config(path: &Path) -> Result<ControllerConfig, StartError> {
+    let bad = |message: String| StartError::Config {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    ControllerConfig::from_yaml(&text).map_err(|e| bad(e.to_string()))
+}
+
+/// A client from `kubeconfig`, or from the environment when `None`.
+async fn connect(kubeconfig: Option<&Path>) -> Result<Client, StartError> {
+    let Some(path) = kubeconfig else {
+        return Ok(Client::try_default().await?);
+    };
+    let bad = |message: String| StartError::Kubeconfig {
+        path: path.display().to_string(),
+        message,
+    };
+    let kc = Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(Client::try_from(config)?)
+}
+
+/// `$POD_NAME` (via the flag), else `hostname-pid`.
+fn identity(flag: Option<&str>) -> String {
+    if let Some(id) = flag.filter(|s| !s.is_empty()) {
+        return id.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "spur-controller".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "spur-controller failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let config = read_config(&args.config)?;
+    let mut election = ElectionConfig::new(
+        &args.leader_election_namespace,
+        &args.leader_election_lease,
+        &identity(args.leader_election_identity.as_deref()),
+    );
+    election.lease_duration = Duration::from_secs(args.leader_election_lease_duration);
+    election.renew_deadline = Duration::from_millis(args.leader_election_renew_deadline_ms);
+    election.retry_period = Duration::from_millis(args.leader_election_retry_period_ms);
+    if election.renew_deadline >= election.lease_duration {
+        return Err(StartError::Timing {
+            deadline_ms: args.leader_election_renew_deadline_ms,
+            lease_s: args.leader_election_lease_duration,
+        });
+    }
+    let mut term = signal(SignalKind::terminate()).map_err(StartError::Signal)?;
+    let client = connect(args.kubeconfig.as_deref()).await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let addr = SocketAddr::new(args.metrics_address, args.metrics_port);
+    let listener = metrics::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    tokio::spawn(metrics::serve(listener, metrics.clone(), health.clone()));
+    tracing::info!(%addr, identity = %election.identity, "serving /metrics, /healthz, /readyz");
+
+    // ---- The admission webhook -------------------------------------------
+    // Every replica, leader or not, serves the HTTPS admission webhook; it
+    // stops with the rest on SIGTERM. A failure to start it (certificate
+    // Secret or webhook configuration not writable, port taken) is logged
+    // and retried: IPPool writes fail closed meanwhile, which is safe.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let webhook_cfg = WebhookConfig {
+        addr: SocketAddr::new(
+            std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            args.webhook.webhook_port,
+        ),
+        namespace: args.leader_election_namespace.clone(),
+        secret: args.webhook.webhook_secret.clone(),
+        service: args.webhook.webhook_service.clone(),
+        configuration: args.webhook.webhook_configuration.clone(),
+        cert_dir: args.webhook.webhook_cert_dir.clone(),
+    };
+    let webhook = tokio::spawn(run_webhook(webhook_cfg, client.clone(), stop_rx.clone()));
+    // -----------------------------------------------------------------------
+
+    tokio::spawn(pool_gauges(client.clone(), metrics.clone(), health.clone()));
+
+    let (mut elector, leader) = Elector::new(client.clone(), election);
+    let supervisor = tokio::spawn(supervise(
+        client,
+        config,
+        leader,
+        stop_rx,
+        metrics.clone(),
+        health.clone(),
+    ));
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+        }
+    };
+    elector.run(shutdown).await;
+    // Leadership is published as lost; stop the loops before giving the
+    // Lease away, so no two replicas ever run them at once.
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(STOP_TIMEOUT, supervisor).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "leader loops supervisor failed"),
+        Err(_) => {
+            // A loop is stuck in a request: giving the Lease away now could
+            // let the other replica run beside a write still in flight.
+            tracing::warn!("leader loops did not stop in time; the lease is left to expire");
+            return Ok(());
+        }
+    }
+    if tokio::time::timeout(STOP_TIMEOUT, webhook).await.is_err() {
+        tracing::warn!("the webhook did not stop in time");
+    }
+    match tokio::time::timeout(STOP_TIMEOUT, elector.release()).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => tracing::info!("not the leader: nothing to release"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "releasing the lease failed; it expires by itself")
+        }
+        Err(_) => tracing::warn!("releasing the lease timed out; it expires by itself"),
+    }
+    Ok(())
+}
+
+/// Serves the admission webhook until `stop` turns true, restarting it
+/// after [`WEBHOOK_RETRY`] when it fails.
+async fn run_webhook(cfg: WebhookConfig, client: Client, mut stop: watch::Receiver<bool>) {
+    loop {
+        let mut rx = stop.clone();
+        let shutdown = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        match spur_controller::webhook::serve(cfg.clone(), client.clone(), shutdown).await {
+            Ok(()) => return,
+            Err(e) => tracing::error!(error = %e, "admission webhook failed; retrying"),
+        }
+        if tokio::time::timeout(WEBHOOK_RETRY, stop.wait_for(|s| *s))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// Reads every IPPool's `status.usage` into the pool gauges every
+/// [`POOL_GAUGE_PERIOD`]; the first answer marks the API as connected.
+async fn pool_gauges(client: Client, metrics: Arc<Metrics>, health: Arc<Health>) {
+    let pools: Api<IPPool> = Api::all(client);
+    let mut known = std::collections::BTreeSet::new();
+    let mut ticks = tokio::time::interval(POOL_GAUGE_PERIOD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match pools.list(&ListParams::default()).await {
+            Ok(list) => {
+                health.set_connected();
+                let mut seen = std::collections::BTreeSet::new();
+                for pool in &list.items {
+                    if let Some(u) = stored_usage(pool) {
+                        metrics.set_pool_usage(&pool.name_any(), u.total, u.used);
+                        seen.insert(pool.name_any());
+                    }
+                }
+                for gone in known.difference(&seen) {
+                    metrics.forget_pool(gone);
+                }
+                known = seen;
+            }
+            Err(e) => tracing::warn!(error = %e, "listing IPPools for the pool gauges failed"),
+        }
+    }
+}
+
+/// Starts the leader-only loops when `leader` turns true, stops them (and
+/// waits for them) when it turns false or `stop` is set.
+async fn supervise(
+    client: Client,
+    config: ControllerConfig,
+    mut leader: LeaderState,
+    mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) {
+    let mut running: Option<(watch::Sender<bool>, JoinSet<()>)> = None;
+    loop {
+        let leading = *leader.borrow_and_update() && !*stop.borrow();
+        metrics.set_leader(leading);
+        if leading {
+            // The Lease was written: the API answers.
+            health.set_connected();
+        }
+        match (leading, running.take()) {
+            (true, None) => {
+                running = Some(start_loops(&client, &config, &metrics));
+                tracing::info!("leading: usage, gc and nodeipam loops started");
+            }
+            (false, Some(loops)) => {
+                stop_loops(loops).await;
+                tracing::info!("not leading: loops stopped");
+            }
+            (_, other) => running = other,
+        }
+        health.set_leading(leading, running.is_some());
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            r = leader.changed() => if r.is_err() { break },
+            r = stop.changed() => if r.is_err() { break },
+        }
+    }
+    if let Some(loops) = running.take() {
+        stop_loops(loops).await;
+    }
+    metrics.set_leader(false);
+    health.set_leading(false, false);
+}
+
+async fn stop_loops((tx, mut set): (watch::Sender<bool>, JoinSet<()>)) {
+    let _ = tx.send(true);
+    while let Some(r) = set.join_next().await {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "a leader loop panicked");
+        }
+    }
+}
+
+/// Completes once `stop` is set (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn start_loops(
+    client: &Client,
+    config: &ControllerConfig,
+    metrics: &Arc<Metrics>,
+) -> (watch::Sender<bool>, JoinSet<()>) {
+    let (tx, rx) = watch::channel(false);
+    let mut set = JoinSet::new();
+    {
+        let (client, rx, metrics) = (client.clone(), rx.clone(), metrics.clone());
+        set.spawn(async move {
+            loop {
+                let r = UsageReconciler::new(client.clone(), UsageConfig::default())
+                    .run(stopped(rx.clone()))
+                    .await;
+                match r {
+                    Ok(()) => return,
+                    Err(e) => {
+                        metrics.reconcile_error("usage");
+                        tracing::warn!(error = %e, "usage loop ended; restarting");
+                    }
+                }
+                if restart_wait(rx.clone()).await {
+                    return;
+                }
+            }
+        });
+    }
+    {
+        let gc = GcConfig::from_controller_config(config);
+        let (client, rx, metrics) = (client.clone(), rx.clone(), metrics.clone());
+        set.spawn(run_gc(
+            GcReconciler::new(client, gc),
+            gc.interval,
+            rx,
+            metrics,
+        ));
+    }
+    if config.node_ipam.enable_node_ipam {
+        let (client, rx, metrics) = (client.clone(), rx.clone(), metrics.clone());
+        let cfg = config.node_ipam.clone();
+        set.spawn(async move {
+            loop {
+                let r = match NodeIpamReconciler::new(client.clone(), cfg.clone()) {
+                    Ok(n) => {
+                        n.run(NodeIpamLoopConfig::default(), stopped(rx.clone()))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(()) => return,
+                    Err(e) => {
+                        metrics.reconcile_error("nodeipam");
+                        tracing::warn!(error = %e, "nodeipam loop ended; restarting");
+                    }
+                }
+                if restart_wait(rx.clone()).await {
+                    return;
+                }
+            }
+        });
+    }
+    (tx, set)
+}
+
+/// Waits [`LOOP_RESTART`]; true if stopped meanwhile.
+async fn restart_wait(rx: watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = stopped(rx) => true,
+        () = tokio::time::sleep(LOOP_RESTART) => false,
+    }
+}
+
+/// The GC loop with metrics: a round every `interval` (the first right
+/// away) until stopped.
+async fn run_gc(
+    mut gc: GcReconciler,
+    interval: Duration,
+    rx: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) {
+    let mut stop = std::pin::pin!(stopped(rx));
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = ticks.tick() => {}
+        }
+        match gc.round().await {
+            Ok(r) => {
+                metrics.gc_round();
+                for rel in &r.released {
+                    metrics.gc_released(gc_reason_label(&rel.reason), 1);
+                }
+                for (block, e) in &r.failed {
+                    metrics.reconcile_error("gc");
+                    tracing::warn!(block = %block, error = %e, "gc: releasing in a block failed");
+                }
+                tracing::debug!(
+                    allocations = r.allocations,
+                    released = r.released.len(),
+                    conflicts = r.conflicts.len(),
+                    "gc round done"
+                );
+            }
+            Err(e) => {
+                metrics.gc_aborted();
+                metrics.reconcile_error("gc");
+                tracing::warn!(error = %e, "gc round aborted; nothing released");
+            }
+        }
+    }
+}
