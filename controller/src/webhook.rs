@@ -23,8 +23,8 @@
 //!
 //! What does not: the admission rules (`crate::admission`, which calls
 //! spur-core), the command line and leader election (the binary), metrics
-//! of admission decisions (the binary counts them from the logs' fields
-//! later), the manifests (`deploy/`). A certificate mounted from a
+//! of admission decisions (the binary counts what a [`DecisionSink`] is
+//! told), the manifests (`deploy/`). A certificate mounted from a
 //! cert-manager directory is read at start only: rotation needs a restart.
 
 use std::collections::BTreeMap;
@@ -380,6 +380,7 @@ async fn prefetch(
 async fn handle_review(
     client: &kube::Client,
     hooks: &[Hook],
+    decisions: Option<&DecisionSink>,
     method: &Method,
     path: &str,
     body: &[u8],
@@ -419,7 +420,18 @@ async fn handle_review(
             .cloned()
             .unwrap_or_default()
     };
-    match answer(hook, &req, &lister) {
+    let verdict = answer(hook, &req, &lister);
+    if let Some(sink) = decisions {
+        sink(
+            &hook.plural,
+            if verdict.is_ok() {
+                "allowed"
+            } else {
+                "refused"
+            },
+        );
+    }
+    match verdict {
         Ok(()) => {
             tracing::debug!(hook = %hook.name, uid = %req.uid, operation = %req.operation,
                 name = req.object_name(), decision = "allowed", "admission");
@@ -787,7 +799,12 @@ pub struct Webhook {
     acceptor: TlsAcceptor,
     client: kube::Client,
     certificates: Certificates,
+    decisions: Option<DecisionSink>,
 }
+
+/// Told of every admission decision: the hook's resource (plural) and
+/// `allowed` or `refused` (the binary counts them in its metrics).
+pub type DecisionSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 impl std::fmt::Debug for Webhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -822,6 +839,7 @@ impl Webhook {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             client,
             certificates,
+            decisions: None,
         })
     }
 
@@ -833,6 +851,12 @@ impl Webhook {
     /// The certificates served.
     pub fn certificates(&self) -> &Certificates {
         &self.certificates
+    }
+
+    /// Reports every decision to `sink`.
+    pub fn with_decisions(mut self, sink: DecisionSink) -> Webhook {
+        self.decisions = Some(sink);
+        self
     }
 
     /// Serves until `shutdown` completes, then stops accepting and lets
@@ -877,6 +901,7 @@ impl Webhook {
             let acceptor = self.acceptor.clone();
             let client = self.client.clone();
             let hooks = Arc::clone(&hooks);
+            let decisions = self.decisions.clone();
             let mut stop = stop_rx.clone();
             tasks.spawn(async move {
                 let tls = match tokio::time::timeout(CONN_DEADLINE, acceptor.accept(tcp)).await {
@@ -893,8 +918,11 @@ impl Webhook {
                 let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let client = client.clone();
                     let hooks = Arc::clone(&hooks);
+                    let decisions = decisions.clone();
                     async move {
-                        Ok::<_, std::convert::Infallible>(serve_request(&client, &hooks, req).await)
+                        Ok::<_, std::convert::Infallible>(
+                            serve_request(&client, &hooks, decisions.as_ref(), req).await,
+                        )
                     }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
@@ -932,6 +960,7 @@ impl Webhook {
 async fn serve_request(
     client: &kube::Client,
     hooks: &[Hook],
+    decisions: Option<&DecisionSink>,
     req: http::Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
@@ -940,6 +969,7 @@ async fn serve_request(
             handle_review(
                 client,
                 hooks,
+                decisions,
                 &parts.method,
                 parts.uri.path(),
                 &collected.to_bytes(),
@@ -967,7 +997,20 @@ pub async fn serve(
     client: kube::Client,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WebhookError> {
-    let webhook = Webhook::bind(&cfg, client).await?;
+    serve_with(cfg, client, None, shutdown).await
+}
+
+/// [`serve`], reporting every decision to `decisions`.
+pub async fn serve_with(
+    cfg: WebhookConfig,
+    client: kube::Client,
+    decisions: Option<DecisionSink>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WebhookError> {
+    let mut webhook = Webhook::bind(&cfg, client).await?;
+    if let Some(sink) = decisions {
+        webhook = webhook.with_decisions(sink);
+    }
     tracing::info!(addr = ?webhook.local_addr().ok(), "admission webhook listening");
     webhook.run(&cfg, shutdown).await
 }

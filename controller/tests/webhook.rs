@@ -98,7 +98,23 @@ async fn start(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
-    let webhook = Webhook::bind(cfg, client.clone()).await.unwrap();
+    start_with(cfg, client, None).await
+}
+
+async fn start_with(
+    cfg: &WebhookConfig,
+    client: &Client,
+    decisions: Option<spur_controller::webhook::DecisionSink>,
+) -> (
+    std::net::SocketAddr,
+    Certificates,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut webhook = Webhook::bind(cfg, client.clone()).await.unwrap();
+    if let Some(sink) = decisions {
+        webhook = webhook.with_decisions(sink);
+    }
     let addr = webhook.local_addr().unwrap();
     let certs = webhook.certificates().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -379,7 +395,12 @@ async fn reviews_over_https() {
         )
         .await
         .unwrap();
-    let (addr, certs, stop, task) = start(&config(), &client).await;
+    let seen: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let record = seen.clone();
+    let sink: spur_controller::webhook::DecisionSink = Arc::new(move |r: &str, d: &str| {
+        record.lock().unwrap().push((r.to_string(), d.to_string()));
+    });
+    let (addr, certs, stop, task) = start_with(&config(), &client, Some(sink)).await;
     let ca = certs.ca_pem.clone().unwrap();
 
     let overlapping = serde_json::to_value(pool("overlapping-pool", "10.10.1.32/27")).unwrap();
@@ -422,6 +443,16 @@ async fn reviews_over_https() {
     assert!(body.contains("AdmissionReview: body"), "{body}");
     let (status, _) = post(addr, &ca, "/validate/pods", "{}").await;
     assert_eq!(status, 404);
+    // Every decision was reported, malformed and unknown requests none.
+    let pair = |r: &str, d: &str| (r.to_string(), d.to_string());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            pair("ippools", "refused"),
+            pair("ippools", "allowed"),
+            pair("network-attachment-definitions", "refused"),
+        ]
+    );
 
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(15), task)

@@ -240,7 +240,17 @@ async fn run(args: Args) -> Result<(), StartError> {
         configuration: args.webhook.webhook_configuration.clone(),
         cert_dir: args.webhook.webhook_cert_dir.clone(),
     };
-    let webhook = tokio::spawn(run_webhook(webhook_cfg, client.clone(), stop_rx.clone()));
+    let counted = metrics.clone();
+    let decisions: spur_controller::webhook::DecisionSink =
+        Arc::new(move |resource: &str, decision: &str| {
+            counted.admission_decision(resource, decision)
+        });
+    let webhook = tokio::spawn(run_webhook(
+        webhook_cfg,
+        client.clone(),
+        decisions,
+        stop_rx.clone(),
+    ));
     // -----------------------------------------------------------------------
 
     tokio::spawn(pool_gauges(client.clone(), metrics.clone(), health.clone()));
@@ -290,13 +300,21 @@ async fn run(args: Args) -> Result<(), StartError> {
 
 /// Serves the admission webhook until `stop` turns true, restarting it
 /// after [`WEBHOOK_RETRY`] when it fails.
-async fn run_webhook(cfg: WebhookConfig, client: Client, mut stop: watch::Receiver<bool>) {
+async fn run_webhook(
+    cfg: WebhookConfig,
+    client: Client,
+    decisions: spur_controller::webhook::DecisionSink,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let mut rx = stop.clone();
         let shutdown = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        match spur_controller::webhook::serve(cfg.clone(), client.clone(), shutdown).await {
+        let sink = Some(decisions.clone());
+        match spur_controller::webhook::serve_with(cfg.clone(), client.clone(), sink, shutdown)
+            .await
+        {
             Ok(()) => return,
             Err(e) => tracing::error!(error = %e, "admission webhook failed; retrying"),
         }
