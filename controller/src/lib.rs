@@ -8,6 +8,8 @@
 //! as validating hooks an API server (the webhook later, the embedded test
 //! server today) calls. And [`gc`]: the address garbage collector, which
 //! releases allocations whose Pod or StatefulSet ordinal is gone.
+//! And [`poolstatus`]: the IPPool conditions (`Exhausted`, `Valid`) and
+//! the Events the usage loop writes and publishes with them.
 //! And [`nodeipam`]: Nodes' `spec.podCIDRs` when NodeIPAM is enabled.
 //! And [`webhook`]: the HTTPS validating admission webhook (AdmissionReview
 //! v1 over rustls/hyper) and the certificate it bootstraps.
@@ -26,5 +28,6 @@ pub mod gc;
 pub mod leader;
 pub mod metrics;
 pub mod nodeipam;
+pub mod poolstatus;
 pub mod usage;
 pub mod webhook;

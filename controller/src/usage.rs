@@ -19,6 +19,11 @@
 //!   number of changes of a pool's usage per debounce window, never the
 //!   number of allocations.
 //!
+//! The same patch carries the pool's conditions (`Exhausted`, `Valid`;
+//! decided in [`crate::poolstatus`]), and after a write that turns a pool
+//! exhausted or conflicting, a Warning Event (`PoolExhausted`,
+//! `PoolConflict`) regarding the pool is published, once per transition.
+//!
 //! Only the elected controller runs this: two writers would not corrupt
 //! anything (the patch is idempotent) but would double the writes.
 
@@ -27,12 +32,16 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use spur_core::ipamblock::IPAMBlock;
 use spur_core::ippool::{IPPool, PoolLayout, PoolUsage};
 use tokio::time::Instant;
+
+use crate::poolstatus;
 
 /// Window offsets of a block are 0-63.
 const BLOCK_OFFSETS: u8 = 64;
@@ -122,12 +131,13 @@ pub enum UsageError {
     WatchEnded,
 }
 
-/// A usage this reconciler wrote, with the resourceVersions of the pool
+/// A usage (and conditions) this reconciler wrote, with the resourceVersions of the pool
 /// before and after the write, so that a cached copy that has not caught
 /// up with the write yet is read as if it had.
 #[derive(Debug, Clone)]
 struct Written {
     usage: PoolUsage,
+    conditions: Vec<Condition>,
     over: Option<String>,
     after: Option<String>,
 }
@@ -137,6 +147,7 @@ pub struct UsageReconciler {
     pools: Api<IPPool>,
     blocks: Api<IPAMBlock>,
     config: UsageConfig,
+    recorder: Recorder,
     /// The last write per pool, so that a pass over a cache that has not
     /// seen it yet neither writes the same value again nor misses a change.
     written: HashMap<String, Written>,
@@ -169,9 +180,14 @@ fn signal<K>(source: Source, ev: &watcher::Event<K>) -> Signal {
 impl UsageReconciler {
     /// A reconciler writing through `client`.
     pub fn new(client: Client, config: UsageConfig) -> UsageReconciler {
+        let reporter = Reporter {
+            controller: poolstatus::REPORTING_CONTROLLER.into(),
+            instance: None,
+        };
         UsageReconciler {
             pools: Api::all(client.clone()),
-            blocks: Api::all(client),
+            blocks: Api::all(client.clone()),
+            recorder: Recorder::new(client, reporter),
             config,
             written: HashMap::new(),
         }
@@ -217,6 +233,8 @@ impl UsageReconciler {
         blocks: impl Iterator<Item = &'a IPAMBlock>,
     ) -> UsagePass {
         let desired = compute_usage(pools.clone(), blocks);
+        let problems = poolstatus::find_conflicts(pools.clone());
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
         let mut pass = UsagePass::default();
         self.written.retain(|name, _| desired.contains_key(name));
         for pool in pools {
@@ -227,25 +245,39 @@ impl UsageReconciler {
             };
             let rv = pool.metadata.resource_version.clone();
             let mut stored = stored_usage(pool);
+            let mut stored_conditions = pool
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
             if let Some(w) = self.written.get(&name) {
                 if w.over == rv {
                     // The copy predates our write: the pool holds what we wrote.
                     stored = Some(w.usage);
+                    stored_conditions = w.conditions.clone();
                 } else if w.after != rv {
                     // Someone wrote after us: the copy knows best.
                     self.written.remove(&name);
                 }
             }
-            if stored == Some(want) {
+            let conditions = poolstatus::merge_conditions(
+                &stored_conditions,
+                poolstatus::desired_conditions(want, problems.get(&name), &now),
+            );
+            if stored == Some(want) && conditions == stored_conditions {
                 continue;
             }
-            match self.write(&name, want).await {
+            match self.write(&name, want, &conditions).await {
                 Ok(after) => {
-                    tracing::debug!(pool = %name, total = want.total, used = want.used, "pool usage written");
+                    tracing::debug!(pool = %name, total = want.total, used = want.used, "pool status written");
+                    for t in poolstatus::transitions(&stored_conditions, &conditions) {
+                        self.publish(pool, &t).await;
+                    }
                     self.written.insert(
                         name.clone(),
                         Written {
                             usage: want,
+                            conditions,
                             over: rv,
                             after,
                         },
@@ -263,11 +295,40 @@ impl UsageReconciler {
         pass
     }
 
-    /// Patches the usage into the pool's status; the pool's
-    /// resourceVersion after the write.
-    async fn write(&self, name: &str, usage: PoolUsage) -> Result<Option<String>, kube::Error> {
+    /// Publishes a Warning Event regarding `pool`; a failure is logged (the
+    /// condition, already written, stays the record).
+    async fn publish(&self, pool: &IPPool, t: &poolstatus::Transition) {
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: t.reason.into(),
+            note: Some(t.note.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        let name = pool.name_any();
+        match self.recorder.publish(&ev, &pool.object_ref(&())).await {
+            Ok(()) => {
+                tracing::info!(pool = %name, reason = t.reason, note = %t.note, "event published")
+            }
+            Err(e) => {
+                tracing::warn!(pool = %name, reason = t.reason, error = %e, "publishing event failed")
+            }
+        }
+    }
+
+    /// Patches the usage and the conditions into the pool's status; the
+    /// pool's resourceVersion after the write.
+    async fn write(
+        &self,
+        name: &str,
+        usage: PoolUsage,
+        conditions: &[Condition],
+    ) -> Result<Option<String>, kube::Error> {
         let patch = serde_json::json!({
-            "status": {"usage": {"total": usage.total, "used": usage.used}}
+            "status": {
+                "usage": {"total": usage.total, "used": usage.used},
+                "conditions": conditions,
+            }
         });
         self.pools
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
