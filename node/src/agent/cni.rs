@@ -436,34 +436,20 @@ impl Agent {
     /// all) and releases its addresses.
     async fn remove_container(&self, c: &Call, only: Option<&str>) -> Result<(), CniError> {
         let mut ifnames: BTreeSet<String> = BTreeSet::new();
-        let mut errors = Vec::new();
-        let bridges = self.port_bridges().await.unwrap_or_else(|e| {
-            errors.push(e);
-            self.bridge_names()
-        });
-        for bridge in bridges {
-            let ports = match self.switch.list_ports(&bridge).await {
-                Ok(p) => p,
-                Err(crate::ovsdb::SwitchError::NoSuchBridge(_)) => continue,
-                Err(e) => {
-                    errors.push(format!("listing ports of bridge {bridge}: {e}"));
-                    continue;
-                }
-            };
-            for p in ports {
-                let ids = &p.external_ids;
-                if ids.get(port_keys::CONTAINER_ID) != Some(&c.container_id) {
-                    continue;
-                }
-                let ifname = ids.get(port_keys::INTERFACE).cloned().unwrap_or_default();
-                if only.is_some_and(|o| o != ifname) {
-                    continue;
-                }
-                if let Err(e) = self.switch.remove_port(&bridge, &p.name).await {
-                    errors.push(format!("removing port {} of bridge {bridge}: {e}", p.name));
-                }
-                ifnames.insert(ifname);
+        let (ports, mut errors) = self.access_ports().await;
+        for (bridge, p) in ports {
+            let ids = &p.external_ids;
+            if ids.get(port_keys::CONTAINER_ID) != Some(&c.container_id) {
+                continue;
             }
+            let ifname = ids.get(port_keys::INTERFACE).cloned().unwrap_or_default();
+            if only.is_some_and(|o| o != ifname) {
+                continue;
+            }
+            if let Err(e) = self.switch.remove_port(&bridge, &p.name).await {
+                errors.push(format!("removing port {} of bridge {bridge}: {e}", p.name));
+            }
+            ifnames.insert(ifname);
         }
         let owners = self.container_owners(c, only);
         ifnames.extend(owners.iter().map(|k| owner_ifname(k).to_string()));

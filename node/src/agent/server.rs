@@ -6,13 +6,13 @@
 //! bounded in time, so a stuck plugin or API never holds a task forever.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use spur_core::cniproto::{
-    check_proto, encode_frame, frame_body_len, AgentRequest, AgentResponse, CniError,
-    FRAME_HEADER_BYTES, PROTO_VERSION,
+    check_proto, frame_body_len, AgentRequest, AgentResponse, CniError, FRAME_HEADER_BYTES,
+    PROTO_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -126,15 +126,4 @@ async fn read_request(stream: &mut UnixStream) -> Result<AgentRequest, CniError>
     let req = AgentRequest::decode(&body)?;
     check_proto(req.proto, PROTO_VERSION)?;
     Ok(req)
-}
-
-/// `encode_frame` re-exported for tests that speak the protocol by hand.
-pub fn frame(body: &[u8]) -> Result<Vec<u8>, CniError> {
-    encode_frame(body)
-}
-
-/// The default socket path (what the plugin dials without
-/// `SPUR_CNI_SOCKET`).
-pub fn default_socket() -> PathBuf {
-    PathBuf::from("/var/run/spur/cni.sock")
 }

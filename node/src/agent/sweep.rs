@@ -23,33 +23,60 @@ use spur_core::ipamblock::OwnerKey;
 
 use super::{port_keys, Agent};
 use crate::ovsdb::switch::{ROLE_ACCESS, ROLE_KEY};
+use crate::ovsdb::PortInfo;
 
 impl Agent {
-    /// Removes every Spur access port of the configured bridges for which
+    /// Every access port Spur made, on every bridge of the switch, with its
+    /// bridge; and what could not be read (one sentence each).
+    pub(crate) async fn access_ports(&self) -> (Vec<(String, PortInfo)>, Vec<String>) {
+        let mut errors = Vec::new();
+        let bridges = self.port_bridges().await.unwrap_or_else(|e| {
+            errors.push(e);
+            self.bridge_names()
+        });
+        let mut out = Vec::new();
+        for bridge in bridges {
+            match self.switch.list_ports(&bridge).await {
+                Ok(ports) => out.extend(
+                    ports
+                        .into_iter()
+                        .filter(|p| {
+                            p.external_ids.get(ROLE_KEY).map(String::as_str) == Some(ROLE_ACCESS)
+                        })
+                        .map(|p| (bridge.clone(), p)),
+                ),
+                Err(crate::ovsdb::SwitchError::NoSuchBridge(_)) => {}
+                Err(e) => errors.push(format!("listing ports of bridge {bridge}: {e}")),
+            }
+        }
+        (out, errors)
+    }
+
+    /// Removes every Spur access port of the switch for which
     /// `stale(external_ids)` holds, with its link and addresses. Returns
     /// how many ports were removed.
     pub async fn sweep_ports(
         &self,
         stale: impl Fn(&BTreeMap<String, String>) -> bool,
     ) -> Result<usize, String> {
-        let mut removed = 0;
-        for bridge in self.port_bridges().await? {
-            let ports = match self.switch.list_ports(&bridge).await {
-                Ok(p) => p,
-                Err(crate::ovsdb::SwitchError::NoSuchBridge(_)) => continue,
-                Err(e) => return Err(format!("listing ports of bridge {bridge}: {e}")),
-            };
-            for p in ports {
-                let ids = &p.external_ids;
-                if ids.get(ROLE_KEY).map(String::as_str) != Some(ROLE_ACCESS) || !stale(ids) {
-                    continue;
-                }
-                self.remove_port_of(&bridge, &p.name, ids).await?;
-                self.metrics.add_stale_ports_removed(1);
-                removed += 1;
-            }
+        let (ports, errors) = self.access_ports().await;
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
         }
-        Ok(removed)
+        let gone: Vec<(String, PortInfo)> = ports
+            .into_iter()
+            .filter(|(_, p)| stale(&p.external_ids))
+            .collect();
+        self.remove_ports(&gone).await
+    }
+
+    async fn remove_ports(&self, gone: &[(String, PortInfo)]) -> Result<usize, String> {
+        for (bridge, p) in gone {
+            self.remove_port_of(bridge, &p.name, &p.external_ids)
+                .await?;
+            self.metrics.add_stale_ports_removed(1);
+        }
+        Ok(gone.len())
     }
 
     async fn remove_port_of(
@@ -87,25 +114,17 @@ impl Agent {
     /// many ports were removed.
     pub async fn sweep_stale(&self) -> Result<usize, String> {
         // Decide first (API reads), then remove.
-        let mut gone: Vec<BTreeMap<String, String>> = Vec::new();
-        for bridge in self.port_bridges().await? {
-            let ports = match self.switch.list_ports(&bridge).await {
-                Ok(p) => p,
-                Err(crate::ovsdb::SwitchError::NoSuchBridge(_)) => continue,
-                Err(e) => return Err(format!("listing ports of bridge {bridge}: {e}")),
-            };
-            for p in ports {
-                let ids = p.external_ids;
-                if ids.get(ROLE_KEY).map(String::as_str) != Some(ROLE_ACCESS) {
-                    continue;
-                }
-                if self.port_is_stale(&ids).await? {
-                    gone.push(ids);
-                }
+        let (ports, errors) = self.access_ports().await;
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        let mut gone = Vec::new();
+        for (bridge, p) in ports {
+            if self.port_is_stale(&p.external_ids).await? {
+                gone.push((bridge, p));
             }
         }
-        let is_gone = |ids: &BTreeMap<String, String>| gone.iter().any(|g| g == ids);
-        self.sweep_ports(is_gone).await
+        self.remove_ports(&gone).await
     }
 
     async fn port_is_stale(&self, ids: &BTreeMap<String, String>) -> Result<bool, String> {
