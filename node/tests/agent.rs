@@ -12,19 +12,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, DynamicObject, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use serde_json::{json, Value};
 use spur_core::cni::CniVersion;
 use spur_core::cniproto::{AgentRequest, CniResult, Command, PROTO_VERSION};
 use spur_core::config::AgentConfig;
 use spur_kubeapi::ApiServer;
-use spur_node::agent::cluster::{nad_resource, Cluster, KubeCluster, NETWORK_STATUS_ANNOTATION};
-use spur_node::agent::{Agent, AgentSettings};
+use spur_node::agent::cluster::{Cluster, KubeCluster, NETWORK_STATUS_ANNOTATION};
+use spur_node::agent::Agent;
 use spur_node::fake::{FakeLinks, FakeSwitch};
-use spur_node::ipam::Ipam;
 
-use common::{client, config, pool_with_vlan, server, stored, wait_until};
+use common::{client, fake_agent, nad, pool_with_vlan, server, stored, wait_until, FakeAgent};
 
 const NODE: &str = "node-a";
 
@@ -65,8 +64,6 @@ async fn env(bridges: &str) -> Env {
         None,
     )
     .await;
-    let c = client(&server);
-    let nads: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &nad_resource());
     for (name, config) in [
         (
             "vlan100",
@@ -81,41 +78,14 @@ async fn env(bridges: &str) -> Env {
             json!({"cniVersion": "1.0.0", "type": "spur", "networkType": "vlan", "vlan": 300, "ipam": {"type": "spur", "ippools": ["tiny"]}}),
         ),
     ] {
-        let obj: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"config": config.to_string()}}))
-        .unwrap();
-        nads.create(&PostParams::default(), &obj).await.unwrap();
+        nad(&server, "default", name, config).await;
     }
-    let ns: Api<Namespace> = Api::all(c.clone());
-    let _ = ns
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap(),
-        )
-        .await;
-    let cfg = AgentConfig::from_yaml(bridges).unwrap();
-    let ipam = Ipam::start(c.clone(), config(7));
-    let cluster = KubeCluster::start(c, NODE);
-    let switch = Arc::new(FakeSwitch::new());
-    let links = Arc::new(FakeLinks::new());
-    let agent = Arc::new(Agent::new(
-        AgentSettings {
-            node: NODE.into(),
-            datapath: "netdev".into(),
-        },
-        cfg,
-        ipam,
-        Arc::new(cluster.clone()),
-        switch.clone(),
-        links.clone(),
-    ));
-    tokio::time::timeout(Duration::from_secs(10), cluster.wait_ready())
-        .await
-        .unwrap();
-    agent.ipam().cache().wait_ready().await;
-    wait_until(|| agent.ipam().cache().layout("tiny").is_some()).await;
+    let FakeAgent {
+        agent,
+        cluster,
+        switch,
+        links,
+    } = fake_agent(&server, NODE, bridges, 7, "tiny").await;
     Env {
         server,
         cluster,

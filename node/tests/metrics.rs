@@ -14,20 +14,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, DynamicObject, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use serde_json::{json, Value};
 use spur_core::cni::CniVersion;
 use spur_core::cniproto::{AgentRequest, Command, PROTO_VERSION};
-use spur_core::config::AgentConfig;
 use spur_kubeapi::ApiServer;
-use spur_node::agent::cluster::{nad_resource, KubeCluster};
-use spur_node::agent::{metrics, Agent, AgentSettings};
-use spur_node::fake::{FakeLinks, FakeSwitch};
-use spur_node::ipam::Ipam;
+use spur_node::agent::{metrics, Agent};
+use spur_node::fake::FakeLinks;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{client, config, pool_with_vlan, server, wait_until};
+use common::{client, fake_agent, nad, pool_with_vlan, server, wait_until, FakeAgent};
 
 const NODE: &str = "node-a";
 const ONE_BRIDGE: &str =
@@ -52,8 +49,6 @@ async fn env() -> Env {
         None,
     )
     .await;
-    let c = client(&server);
-    let nads: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &nad_resource());
     for (name, config) in [
         (
             "tiny",
@@ -64,39 +59,9 @@ async fn env() -> Env {
             json!({"cniVersion": "1.0.0", "type": "spur", "networkType": "vlan", "vlan": 200}),
         ),
     ] {
-        let obj: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"config": config.to_string()}}))
-        .unwrap();
-        nads.create(&PostParams::default(), &obj).await.unwrap();
+        nad(&server, "default", name, config).await;
     }
-    let ns: Api<Namespace> = Api::all(c.clone());
-    let _ = ns
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap(),
-        )
-        .await;
-    let ipam = Ipam::start(c.clone(), config(11));
-    let cluster = KubeCluster::start(c, NODE);
-    let links = Arc::new(FakeLinks::new());
-    let agent = Arc::new(Agent::new(
-        AgentSettings {
-            node: NODE.into(),
-            datapath: "netdev".into(),
-        },
-        AgentConfig::from_yaml(ONE_BRIDGE).unwrap(),
-        ipam,
-        Arc::new(cluster.clone()),
-        Arc::new(FakeSwitch::new()),
-        links.clone(),
-    ));
-    tokio::time::timeout(Duration::from_secs(10), cluster.wait_ready())
-        .await
-        .unwrap();
-    agent.ipam().cache().wait_ready().await;
-    wait_until(|| agent.ipam().cache().layout("tiny").is_some()).await;
+    let FakeAgent { agent, links, .. } = fake_agent(&server, NODE, ONE_BRIDGE, 11, "tiny").await;
     let listener = metrics::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(metrics::serve(listener, agent.clone()));

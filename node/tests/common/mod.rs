@@ -196,3 +196,74 @@ pub fn first_address(layout: &spur_core::ippool::PoolLayout, node: &str) -> IpAd
 pub fn plus(ip: IpAddr, n: u128) -> IpAddr {
     spur_core::pool::from_u128(Family::of(ip), spur_core::pool::to_u128(ip) + n)
 }
+
+/// Creates NetworkAttachmentDefinition `namespace/name` with `config`, and
+/// the Namespace if it does not exist yet.
+pub async fn nad(server: &ApiServer, namespace: &str, name: &str, config: serde_json::Value) {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::DynamicObject;
+    let c = client(server);
+    let _ = Api::<Namespace>::all(c.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap(),
+        )
+        .await;
+    let nads: Api<DynamicObject> =
+        Api::namespaced_with(c, namespace, &spur_node::agent::cluster::nad_resource());
+    let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"config": config.to_string()}}))
+    .unwrap();
+    nads.create(&PostParams::default(), &obj).await.unwrap();
+}
+
+/// An agent of `node` over in-memory switch and links, its caches synced
+/// and `pool` known.
+pub struct FakeAgent {
+    pub agent: std::sync::Arc<spur_node::agent::Agent>,
+    pub cluster: spur_node::agent::cluster::KubeCluster,
+    pub switch: std::sync::Arc<spur_node::fake::FakeSwitch>,
+    pub links: std::sync::Arc<spur_node::fake::FakeLinks>,
+}
+
+/// Starts a [`FakeAgent`] with `spur-agent.conf` text `conf`.
+pub async fn fake_agent(
+    server: &ApiServer,
+    node: &str,
+    conf: &str,
+    seed: u64,
+    pool: &str,
+) -> FakeAgent {
+    use spur_node::agent::{cluster::KubeCluster, Agent, AgentSettings};
+    use spur_node::fake::{FakeLinks, FakeSwitch};
+    use std::sync::Arc;
+    let c = client(server);
+    let ipam = Ipam::start(c.clone(), config(seed));
+    let cluster = KubeCluster::start(c, node);
+    let switch = Arc::new(FakeSwitch::new());
+    let links = Arc::new(FakeLinks::new());
+    let agent = Arc::new(Agent::new(
+        AgentSettings {
+            node: node.into(),
+            datapath: "netdev".into(),
+        },
+        spur_core::config::AgentConfig::from_yaml(conf).unwrap(),
+        ipam,
+        Arc::new(cluster.clone()),
+        switch.clone(),
+        links.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(10), cluster.wait_ready())
+        .await
+        .unwrap();
+    agent.ipam().cache().wait_ready().await;
+    wait_until(|| agent.ipam().cache().layout(pool).is_some()).await;
+    FakeAgent {
+        agent,
+        cluster,
+        switch,
+        links,
+    }
+}
