@@ -22,6 +22,7 @@ use spur_kubeapi::ApiServer;
 use spur_node::agent::cluster::{Cluster, KubeCluster, NETWORK_STATUS_ANNOTATION};
 use spur_node::agent::Agent;
 use spur_node::fake::{FakeLinks, FakeSwitch};
+use spur_node::ovsdb::Switch;
 
 use common::{client, fake_agent, nad, pool_with_vlan, server, stored, wait_until, FakeAgent};
 
@@ -509,4 +510,36 @@ async fn an_uplink_with_the_nodes_addresses_is_never_bridged() {
     env.links.add_nic("eth1", &["fe80::1/64".parse().unwrap()]);
     env.agent.ensure_bridges().await.unwrap();
     assert_eq!(env.switch.bridges()["br-sec"].uplinks, vec!["eth1"]);
+}
+
+#[tokio::test]
+async fn check_verifies_interface_addresses_and_vlan() {
+    let env = env(ONE_BRIDGE).await;
+    ready(&env).await;
+    pod(&env, "web", "vlan100").await;
+    wait_pod(&env, "web").await;
+    sandbox(&env, "web");
+    let out = env
+        .agent
+        .handle(&request(Command::Add, "web", chained(), "eth0"))
+        .await
+        .unwrap();
+    let mut conf = chained();
+    conf["prevResult"] = out;
+    env.agent
+        .handle(&request(Command::Check, "web", conf.clone(), "eth0"))
+        .await
+        .unwrap();
+    // Someone retags the port: CHECK says so.
+    let (_, port) = env.switch.access_ports().remove(0);
+    env.switch
+        .add_access_port("br-sec", &port.name, 101, port.external_ids.clone())
+        .await
+        .unwrap();
+    let e = env
+        .agent
+        .handle(&request(Command::Check, "web", conf, "eth0"))
+        .await
+        .unwrap_err();
+    assert!(e.msg.contains("is on VLAN 101 instead of 100"), "{}", e.msg);
 }

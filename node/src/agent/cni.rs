@@ -540,9 +540,12 @@ impl Agent {
                 let pools = |name: &str| self.ipam.cache().layout(name);
                 let plans = plan_native(&view, &nads, &pools, &self.bridge_names())
                     .map_err(attach_error)?;
+                let (ports, errors) = self.access_ports().await;
+                if !errors.is_empty() {
+                    return Err(CniError::io(errors.join("; ")));
+                }
                 for plan in &plans {
-                    self.check_port(&c, plan.bridge(), &plan.ifname, Some(plan.vlan()))
-                        .await?;
+                    check_port(&ports, &c, plan.bridge(), &plan.ifname, plan.vlan())?;
                 }
                 plans.into_iter().map(|p| p.ifname).collect()
             }
@@ -575,41 +578,6 @@ impl Agent {
         Ok(())
     }
 
-    async fn check_port(
-        &self,
-        c: &Call,
-        bridge: &str,
-        ifname: &str,
-        vlan: Option<u16>,
-    ) -> Result<(), CniError> {
-        let host = host_port_name(&c.container_id, ifname);
-        let ports = self
-            .switch
-            .list_ports(bridge)
-            .await
-            .map_err(|e| CniError::io(format!("listing ports of {bridge}: {e}")))?;
-        let Some(p) = ports.iter().find(|p| p.name == host) else {
-            return Err(CniError::io(format!(
-                "interface {ifname}: port {host} is missing from bridge {bridge}"
-            )));
-        };
-        if let Some(v) = vlan {
-            if p.tag != v {
-                return Err(CniError::io(format!(
-                    "interface {ifname}: port {host} is on VLAN {} instead of {v}",
-                    p.tag
-                )));
-            }
-        }
-        if p.ofport.is_none_or(|o| o <= 0) {
-            return Err(CniError::io(format!(
-                "interface {ifname}: port {host} is not attached by the switch (ofport {:?})",
-                p.ofport
-            )));
-        }
-        Ok(())
-    }
-
     /// GC: removes Spur's ports (and their links and addresses) whose
     /// container is not among the valid attachments. Only ports are
     /// walked: they are this node's, whereas an IPAMBlock's allocations
@@ -636,6 +604,36 @@ impl Agent {
         tracing::info!(removed, "GC done");
         Ok(())
     }
+}
+
+/// Checks the access port of `ifname` among the switch's `ports`: there,
+/// on `vlan`, attached by the switch daemon.
+fn check_port(
+    ports: &[(String, crate::ovsdb::PortInfo)],
+    c: &Call,
+    bridge: &str,
+    ifname: &str,
+    vlan: u16,
+) -> Result<(), CniError> {
+    let host = host_port_name(&c.container_id, ifname);
+    let Some((_, p)) = ports.iter().find(|(b, p)| b == bridge && p.name == host) else {
+        return Err(CniError::io(format!(
+            "interface {ifname}: port {host} is missing from bridge {bridge}"
+        )));
+    };
+    if p.tag != vlan {
+        return Err(CniError::io(format!(
+            "interface {ifname}: port {host} is on VLAN {} instead of {vlan}",
+            p.tag
+        )));
+    }
+    if p.ofport.is_none_or(|o| o <= 0) {
+        return Err(CniError::io(format!(
+            "interface {ifname}: port {host} is not attached by the switch (ofport {:?})",
+            p.ofport
+        )));
+    }
+    Ok(())
 }
 
 fn owner_ifname(key: &OwnerKey) -> &str {
