@@ -2,6 +2,11 @@
 //! Rust, so that a lab runs the controller's validation without a TLS
 //! webhook. A refusal becomes a Kubernetes Status with the function's code
 //! and message, worded as a webhook's would be.
+//!
+//! The chain also records the requests it admits (while the server dry-runs
+//! a request for its admission webhooks) and checks that the real request
+//! makes the same ones: see [`Admission::start_capture`],
+//! [`Admission::expect`] and [`crate::webhook`].
 
 use serde_json::Value;
 
@@ -80,11 +85,81 @@ struct Hook<F> {
     f: F,
 }
 
+/// One admission request as the validating functions see it, owned: what
+/// the server records while it dry-runs a request to learn what the
+/// webhooks must be shown (see [`crate::webhook`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapturedRequest {
+    /// The operation.
+    pub operation: Operation,
+    /// The resource (group, version, kind, plural, scope).
+    pub resource: Resource,
+    /// Namespace ("" for cluster-scoped objects).
+    pub namespace: String,
+    /// Object name (the generated one for a `generateName` create).
+    pub name: String,
+    /// Subresource (`status`), if any.
+    pub subresource: Option<String>,
+    /// The new object, after mutation (None on delete).
+    pub object: Option<Value>,
+    /// The stored object (update, delete).
+    pub old_object: Option<Value>,
+}
+
+impl CapturedRequest {
+    /// An owned copy of what validation saw.
+    pub(crate) fn of(req: &AdmissionRequest<'_>, obj: Option<&Value>) -> CapturedRequest {
+        CapturedRequest {
+            operation: req.operation,
+            resource: req.resource.clone(),
+            namespace: req.namespace.to_string(),
+            name: req.name.to_string(),
+            subresource: req.subresource.map(str::to_string),
+            object: obj.cloned(),
+            old_object: req.old_object.cloned(),
+        }
+    }
+
+    fn key(&self) -> (Operation, &str, &str, &str, &str, Option<&str>) {
+        (
+            self.operation,
+            self.resource.group.as_str(),
+            self.resource.plural.as_str(),
+            self.namespace.as_str(),
+            self.name.as_str(),
+            self.subresource.as_deref(),
+        )
+    }
+
+    fn old_rv(&self) -> Option<u64> {
+        self.old_object.as_ref().map(crate::store::object_rv)
+    }
+}
+
+/// What the admission chain does with the requests it validates, beside
+/// running the functions.
+#[derive(Debug, Default)]
+enum Capture {
+    /// Nothing.
+    #[default]
+    Off,
+    /// Records every request that passed the in-process validators.
+    Record(Vec<CapturedRequest>),
+    /// Refuses (with 409, and remembers it) a request the webhooks were not
+    /// shown, or whose stored object changed since.
+    Expect {
+        expected: Vec<CapturedRequest>,
+        seen: Vec<CapturedRequest>,
+        mismatch: bool,
+    },
+}
+
 /// The registered functions, run in registration order.
 #[derive(Default)]
 pub struct Admission {
     validators: Vec<Hook<ValidateFn>>,
     mutators: Vec<Hook<MutateFn>>,
+    capture: Capture,
 }
 
 impl Admission {
@@ -130,6 +205,86 @@ impl Admission {
             (h.f)(req, obj, store).map_err(|d| denied(&h.name, d))?;
         }
         Ok(())
+    }
+
+    /// Records or checks one request that passed the validators, as the
+    /// capture mode says (nothing when capture is off).
+    pub(crate) fn capture_one(&mut self, seen: CapturedRequest) -> Result<(), ApiError> {
+        match &mut self.capture {
+            Capture::Off => Ok(()),
+            Capture::Record(list) => {
+                if !list.iter().any(|c| c.key() == seen.key()) {
+                    list.push(seen);
+                }
+                Ok(())
+            }
+            Capture::Expect {
+                expected,
+                seen: done,
+                mismatch,
+            } => {
+                // The same object again within one request (a cascade that
+                // reaches it twice) was shown to the webhooks already.
+                let again = done.iter().any(|c| c.key() == seen.key());
+                let known = expected
+                    .iter()
+                    .any(|c| c.key() == seen.key() && c.old_rv() == seen.old_rv());
+                if again || known {
+                    done.push(seen);
+                    return Ok(());
+                }
+                *mismatch = true;
+                Err(ApiError::conflict_msg(
+                    &seen.resource,
+                    &seen.name,
+                    "the object changed while admission webhooks were called; please try again",
+                ))
+            }
+        }
+    }
+
+    /// True while requests are recorded or checked.
+    pub(crate) fn capturing(&self) -> bool {
+        !matches!(self.capture, Capture::Off)
+    }
+
+    /// True while requests are being recorded (a dry run for webhooks).
+    pub(crate) fn recording(&self) -> bool {
+        matches!(self.capture, Capture::Record(_))
+    }
+
+    /// Starts recording the requests that pass validation.
+    pub fn start_capture(&mut self) {
+        self.capture = Capture::Record(Vec::new());
+    }
+
+    /// Stops recording; the requests recorded since
+    /// [`Admission::start_capture`], in order, one per object.
+    pub fn finish_capture(&mut self) -> Vec<CapturedRequest> {
+        match std::mem::take(&mut self.capture) {
+            Capture::Record(list) => list,
+            _ => Vec::new(),
+        }
+    }
+
+    /// From now on, refuses with 409 every request that is not one of
+    /// `expected` (same operation, resource, namespace, name, subresource
+    /// and stored resourceVersion).
+    pub fn expect(&mut self, expected: Vec<CapturedRequest>) {
+        self.capture = Capture::Expect {
+            expected,
+            seen: Vec::new(),
+            mismatch: false,
+        };
+    }
+
+    /// Stops checking; true when a request was refused because it was not
+    /// expected.
+    pub fn finish_expect(&mut self) -> bool {
+        match std::mem::take(&mut self.capture) {
+            Capture::Expect { mismatch, .. } => mismatch,
+            _ => false,
+        }
     }
 
     fn matching<'a, F>(

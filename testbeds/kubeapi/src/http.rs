@@ -190,6 +190,68 @@ pub fn resource_of_path(path: &str) -> Option<String> {
     parse_target(&segs).map(|t| t.plural)
 }
 
+/// Where a write request goes, for the admission webhook pre-check.
+#[derive(Debug, Clone)]
+pub(crate) struct WriteTarget {
+    /// The resource.
+    pub resource: Resource,
+    /// Namespace on the path.
+    pub namespace: Option<String>,
+    /// Name on the path (None: the collection).
+    pub name: Option<String>,
+    /// Subresource on the path.
+    pub subresource: Option<String>,
+}
+
+/// The target of a POST, PUT, PATCH or DELETE on a served resource.
+pub(crate) fn write_target(store: &Store, req: &ApiRequest) -> Option<WriteTarget> {
+    if !matches!(req.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE") {
+        return None;
+    }
+    let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+    let t = parse_target(&segs)?;
+    let resource = store
+        .registry()
+        .get(&t.group, &t.version, &t.plural)
+        .cloned()?;
+    Some(WriteTarget {
+        resource,
+        namespace: t.namespace,
+        name: t.name,
+        subresource: t.subresource,
+    })
+}
+
+impl ApiRequest {
+    /// True when the request asks for a dry run (query, or a DELETE's
+    /// DeleteOptions body).
+    pub(crate) fn is_dry_run(&self) -> bool {
+        if self.dry_run() {
+            return true;
+        }
+        self.method == "DELETE"
+            && !self.body.is_empty()
+            && serde_json::from_slice::<Value>(&self.body)
+                .ok()
+                .and_then(|b| b.get("dryRun").and_then(Value::as_array).cloned())
+                .is_some_and(|a| a.iter().any(|v| v == "All"))
+    }
+
+    /// True for a server-side apply patch (which may create).
+    pub(crate) fn is_apply(&self) -> bool {
+        self.method == "PATCH"
+            && PatchType::from_content_type(&self.content_type) == Some(PatchType::Apply)
+    }
+
+    /// The same request as a dry run.
+    pub(crate) fn as_dry_run(&self) -> ApiRequest {
+        let mut r = self.clone();
+        r.query.retain(|(k, _)| k != "dryRun");
+        r.query.push(("dryRun".into(), "All".into()));
+        r
+    }
+}
+
 /// Serves one request.
 pub fn handle(store: &mut Store, req: &ApiRequest) -> Reply {
     let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();

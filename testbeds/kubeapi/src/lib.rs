@@ -18,7 +18,8 @@
 //! What lives here: the REST protocol (discovery, CRUD, patch, watch,
 //! tables), the object store with resourceVersions, finalizers, cascading
 //! deletion and a bounded event log, CRD-driven custom resources, in-process
-//! admission, fault injection and the state file. What does not: any Spur
+//! admission, validating admission webhooks called over HTTPS
+//! ([`webhook`]), fault injection and the state file. What does not: any Spur
 //! logic (admission functions are registered by the controller), scheduling
 //! or kubelet behaviour (the simulator and harness play those).
 
@@ -33,8 +34,10 @@ pub mod selectors;
 pub mod server;
 pub mod store;
 pub mod table;
+pub mod webhook;
 
 pub use admission::{Admission, AdmissionRequest, Denial, Operation};
 pub use error::ApiError;
 pub use server::{ApiServer, ApiService, ResourceStats};
 pub use store::{Clock, ManualClock, Store, SystemClock};
+pub use webhook::ServiceRef;

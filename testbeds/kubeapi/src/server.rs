@@ -17,9 +17,30 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use tokio::sync::watch;
 
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+use crate::admission::Operation;
 use crate::faults::{Fault, Faults};
-use crate::http::{handle, render_event, ApiRequest, Reply};
+use crate::http::{handle, render_event, write_target, ApiRequest, Reply};
 use crate::store::{Clock, Store};
+use crate::webhook::{
+    self, Attributes, FailurePolicy, ServiceRef, ServiceResolver, Verdict, Webhook,
+};
+
+/// How many times a request whose objects changed while its webhooks were
+/// called is tried before it fails with 409 Conflict.
+pub const MAX_ADMISSION_TRIES: usize = 5;
+
+/// The group and plural of ValidatingWebhookConfigurations.
+const VWC: (&str, &str) = (
+    "admissionregistration.k8s.io",
+    "validatingwebhookconfigurations",
+);
+
+/// The parsed webhooks, and the (name, resourceVersion) of the
+/// configurations they were parsed from.
+type WebhookCache = Option<(Vec<(String, u64)>, Arc<Vec<Webhook>>)>;
 
 /// The body of every answer.
 pub type ApiBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -52,6 +73,9 @@ struct Inner {
     paused: watch::Sender<bool>,
     sleeper: Sleeper,
     clock: Arc<dyn Clock>,
+    resolver: Mutex<Option<ServiceResolver>>,
+    webhooks: Mutex<WebhookCache>,
+    review_uids: Mutex<ChaCha8Rng>,
 }
 
 /// An embedded Kubernetes API server. Cheap to clone; clones share state.
@@ -88,6 +112,9 @@ impl ApiServer {
                 paused: watch::channel(false).0,
                 sleeper,
                 clock,
+                resolver: Mutex::new(None),
+                webhooks: Mutex::new(None),
+                review_uids: Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0xad3e_55ed)),
             }),
         }
     }
@@ -106,6 +133,217 @@ impl ApiServer {
     /// Locks the fault rules.
     pub fn faults(&self) -> MutexGuard<'_, Faults> {
         self.inner.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Says where the webhooks of ValidatingWebhookConfigurations that
+    /// name a `service` listen (the embedder's stand-in for Services and
+    /// their endpoints). Without a resolver, or when it answers None, such
+    /// a call fails ("service NS/NAME:PORT has no endpoint") and the
+    /// webhook's failurePolicy decides. `url` webhooks are dialed directly.
+    pub fn set_service_resolver(
+        &self,
+        f: impl Fn(&ServiceRef) -> Option<std::net::SocketAddr> + Send + Sync + 'static,
+    ) {
+        *self
+            .inner
+            .resolver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+    }
+
+    fn resolver(&self) -> Option<ServiceResolver> {
+        self.inner
+            .resolver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A review UID, drawn from the server's seeded RNG.
+    fn review_uid(&self) -> String {
+        let mut b = [0u8; 16];
+        self.inner
+            .review_uids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fill_bytes(&mut b);
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
+    }
+
+    /// The stored webhooks, parsed again only when a configuration changed.
+    fn parsed_webhooks(&self, configs: &[&serde_json::Value]) -> Arc<Vec<Webhook>> {
+        let fingerprint: Vec<(String, u64)> = configs
+            .iter()
+            .map(|c| (crate::store::name_of(c), crate::store::object_rv(c)))
+            .collect();
+        let mut cache = self
+            .inner
+            .webhooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((f, hooks)) = cache.as_ref() {
+            if *f == fingerprint {
+                return hooks.clone();
+            }
+        }
+        let hooks = Arc::new(webhook::parse_configurations(configs.iter().copied()));
+        *cache = Some((fingerprint, hooks.clone()));
+        hooks
+    }
+
+    /// The cheap check: the stored webhooks when the request is a write
+    /// that at least one of them may have to see (its resource matches a
+    /// rule, or it is a DELETE that may cascade while some webhook sees
+    /// DELETEs). None otherwise, and always when no configuration exists.
+    fn webhooks_for(&self, req: &ApiRequest) -> Option<Arc<Vec<Webhook>>> {
+        if !matches!(req.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE") {
+            return None;
+        }
+        let store = self.store();
+        let configs = store.objects_of(VWC.0, VWC.1);
+        if configs.is_empty() {
+            return None;
+        }
+        let t = write_target(&store, req)?;
+        let r = &t.resource;
+        if webhook::exempt(&r.group, &r.plural) {
+            return None;
+        }
+        let hooks = self.parsed_webhooks(&configs);
+        let ops: &[Operation] = match req.method.as_str() {
+            "POST" => &[Operation::Create],
+            "DELETE" => &[Operation::Delete],
+            _ if req.is_apply() => &[Operation::Update, Operation::Create],
+            _ => &[Operation::Update],
+        };
+        let direct = ops.iter().any(|&operation| {
+            let a = Attributes {
+                operation,
+                group: &r.group,
+                version: &r.version,
+                resource: &r.plural,
+                subresource: t.subresource.as_deref().unwrap_or_default(),
+                namespaced: r.namespaced,
+            };
+            hooks.iter().any(|h| h.matches_rules(&a))
+        });
+        let cascade = req.method == "DELETE"
+            && hooks.iter().any(|h| {
+                h.rules
+                    .iter()
+                    .any(|rule| rule.operations.iter().any(|o| o == "*" || o == "DELETE"))
+            })
+            && t.name
+                .as_deref()
+                .is_none_or(|n| store.has_dependents(r, t.namespace.as_deref(), n));
+        (direct || cascade).then_some(hooks)
+    }
+
+    /// Serves a write that webhooks may have to see: a dry run records the
+    /// admission requests it would make, the matching webhooks are called
+    /// (without the store lock), then the request runs for real, checked
+    /// to make the same admission requests against the same stored objects
+    /// (else it starts again, [`MAX_ADMISSION_TRIES`] times at most).
+    ///
+    /// A `generateName` create: the dry run's draw of the name (and UID) is
+    /// undone, so the real create draws the same name that the webhook was
+    /// shown, unless another request drew from the store's RNG in between;
+    /// the check then sees a name the webhooks were not shown and the
+    /// request starts again. The creationTimestamp a webhook sees may be
+    /// earlier than the stored one by the time the webhooks took.
+    async fn answer_with_webhooks(&self, req: &ApiRequest, hooks: Arc<Vec<Webhook>>) -> Reply {
+        let dry_run = req.is_dry_run();
+        let trial = req.as_dry_run();
+        for _ in 0..MAX_ADMISSION_TRIES {
+            let (captured, calls) = {
+                let mut store = self.store();
+                let rng = store.rng_state();
+                store.admission_mut().start_capture();
+                let reply = handle(&mut store, &trial);
+                let captured = store.admission_mut().finish_capture();
+                store.set_rng_state(rng);
+                if !matches!(reply, Reply::Json(code, _) if code < 300) {
+                    return reply;
+                }
+                let calls: Vec<(usize, usize)> = {
+                    let ns_res = store.registry().get("", "v1", "namespaces").cloned();
+                    let ns_labels = |ns: &str| {
+                        ns_res
+                            .as_ref()
+                            .and_then(|r| store.get(r, None, ns).ok())
+                            .and_then(|o| o.pointer("/metadata/labels").cloned())
+                    };
+                    captured
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(ci, c)| {
+                            hooks
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, h)| h.matches(c, &ns_labels))
+                                .map(move |(hi, _)| (hi, ci))
+                                .collect::<Vec<_>>()
+                        })
+                        .collect()
+                };
+                if calls.is_empty() {
+                    return if dry_run {
+                        reply
+                    } else {
+                        handle(&mut store, req)
+                    };
+                }
+                (captured, calls)
+            };
+            let resolver = self.resolver();
+            for (hi, ci) in calls {
+                let Some((hook, request)) = hooks.get(hi).zip(captured.get(ci)) else {
+                    continue;
+                };
+                if dry_run && !webhook::supports_dry_run(hook) {
+                    return webhook::dry_run_unsupported(&hook.name).into();
+                }
+                let uid = self.review_uid();
+                let body = webhook::review(&uid, request, dry_run);
+                match webhook::call(hook, resolver.as_ref(), &uid, &body).await {
+                    Ok(Verdict::Allowed) => {}
+                    Ok(Verdict::Denied(e)) => return e.into(),
+                    Err(e) => match hook.failure_policy {
+                        FailurePolicy::Fail => return webhook::call_failed(&hook.name, &e).into(),
+                        FailurePolicy::Ignore => tracing::warn!(
+                            webhook = %hook.name,
+                            error = %e,
+                            "failed calling webhook, failing open (failurePolicy Ignore)"
+                        ),
+                    },
+                }
+            }
+            let mut store = self.store();
+            store.admission_mut().expect(captured);
+            let reply = handle(&mut store, req);
+            if !store.admission_mut().finish_expect() {
+                return reply;
+            }
+            tracing::debug!(path = %req.path, "objects changed while webhooks were called; trying again");
+        }
+        crate::error::ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled: the objects changed while admission webhooks were called, {MAX_ADMISSION_TRIES} times; please try again"
+            ),
+        )
+        .into()
     }
 
     /// Holds every request until [`ApiServer::resume`].
@@ -169,6 +407,9 @@ impl ApiServer {
                     .into()
                 }
             }
+        }
+        if let Some(hooks) = self.webhooks_for(req) {
+            return self.answer_with_webhooks(req, hooks).await;
         }
         handle(&mut self.store(), req)
     }

@@ -411,6 +411,99 @@ impl Store {
         self.trim_log();
     }
 
+    /// Runs the validating functions, then lets the admission chain record
+    /// or check the request (webhook dry runs, see [`crate::webhook`]).
+    fn admit(&mut self, req: &AdmissionRequest<'_>, obj: Option<&Value>) -> Result<(), ApiError> {
+        self.admission.validate(req, obj, self)?;
+        if self.admission.capturing() {
+            self.admission
+                .capture_one(crate::admission::CapturedRequest::of(req, obj))?;
+        }
+        Ok(())
+    }
+
+    /// Records, for a dry-run delete, the deletes the real one would
+    /// cascade to: dependents by ownerReferences (recursively) and, for a
+    /// Namespace, everything in it. Their validating functions are not run
+    /// (the real delete runs them).
+    fn capture_cascade(
+        &mut self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        old: &Value,
+    ) -> Result<(), ApiError> {
+        let mut queue: VecDeque<(StoreKey, String, String)> = VecDeque::new();
+        let mut visited: BTreeSet<(StoreKey, String, String)> = BTreeSet::new();
+        visited.insert((res.store_key(), ns.to_string(), name.to_string()));
+        let push_dependents =
+            |store: &Store, obj: &Value, queue: &mut VecDeque<(StoreKey, String, String)>| {
+                if let Some(uid) = obj.pointer("/metadata/uid").and_then(Value::as_str) {
+                    if let Some(deps) = store.dependents.get(uid) {
+                        queue.extend(deps.iter().cloned());
+                    }
+                }
+            };
+        push_dependents(self, old, &mut queue);
+        if res.group.is_empty() && res.plural == "namespaces" {
+            for (key, objs) in &self.objects {
+                for (ons, oname) in objs.keys() {
+                    if ons == name {
+                        queue.push_back((key.clone(), ons.clone(), oname.clone()));
+                    }
+                }
+            }
+        }
+        while let Some(id) = queue.pop_front() {
+            if !visited.insert(id.clone()) {
+                continue;
+            }
+            let (key, ons, oname) = id;
+            let (Some(dep_res), Some(obj)) = (
+                self.resource_for_key(&key),
+                self.get_raw(&key, &ons, &oname).cloned(),
+            ) else {
+                continue;
+            };
+            push_dependents(self, &obj, &mut queue);
+            self.admission
+                .capture_one(crate::admission::CapturedRequest {
+                    operation: Operation::Delete,
+                    resource: dep_res,
+                    namespace: ons,
+                    name: oname,
+                    subresource: None,
+                    object: None,
+                    old_object: Some(obj),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// True when deleting the object would cascade to others (it has
+    /// dependents, or it is a Namespace).
+    pub fn has_dependents(&self, res: &Resource, ns: Option<&str>, name: &str) -> bool {
+        if res.group.is_empty() && res.plural == "namespaces" {
+            return true;
+        }
+        let ns = ns.unwrap_or_default();
+        self.get_raw(&res.store_key(), ns, name)
+            .and_then(|o| o.pointer("/metadata/uid"))
+            .and_then(Value::as_str)
+            .is_some_and(|uid| self.dependents.contains_key(uid))
+    }
+
+    /// The state of the name and UID generator (to replay a dry run's
+    /// draws in the real request, see [`crate::webhook`]).
+    pub fn rng_state(&self) -> ChaCha8Rng {
+        self.rng.clone()
+    }
+
+    /// Restores the name and UID generator saved by [`Store::rng_state`].
+    pub fn set_rng_state(&mut self, rng: ChaCha8Rng) {
+        self.rng = rng;
+    }
+
     /// The admission chain.
     pub fn admission_mut(&mut self) -> &mut Admission {
         &mut self.admission
@@ -661,7 +754,7 @@ impl Store {
             old_object: None,
         };
         self.admission.mutate(&req, &mut obj, self)?;
-        self.admission.validate(&req, Some(&obj), self)?;
+        self.admit(&req, Some(&obj))?;
         let is_crd = is_crd(res);
         let mut next_registry = None;
         if is_crd {
@@ -828,7 +921,7 @@ impl Store {
             old_object: Some(&old),
         };
         self.admission.mutate(&req, &mut new, self)?;
-        self.admission.validate(&req, Some(&new), self)?;
+        self.admit(&req, Some(&new))?;
         let mut next_registry = None;
         if is_crd(res) {
             let mut reg = self.registry.clone();
@@ -956,8 +1049,11 @@ impl Store {
             dry_run: opts.dry_run,
             old_object: Some(&old),
         };
-        self.admission.validate(&req, None, self)?;
+        self.admit(&req, None)?;
         if opts.dry_run {
+            if self.admission.recording() {
+                self.capture_cascade(res, &ns, name, &old)?;
+            }
             return Ok(in_version(&old, res));
         }
         let is_namespace = res.group.is_empty() && res.plural == "namespaces";
