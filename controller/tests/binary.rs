@@ -7,10 +7,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{free_port, get, kubeconfig_text, logs, start, wait_metrics};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -19,113 +21,6 @@ use kube::{Client, CustomResourceExt};
 use spur_core::ipamblock::{BlockAllocation, IPAMBlock, IPAMBlockSpec, Owner};
 use spur_core::ippool::{IPPool, IPPoolSpec, IpRange, SubnetInfo};
 use spur_kubeapi::ApiServer;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Kills the child when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn kubeconfig_text(server: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {server}\n\
-         contexts:\n- name: t\n  context:\n    cluster: t\n    user: t\n    namespace: default\n\
-         current-context: t\nusers:\n- name: t\n  user: {{}}\n"
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(dir: &Path, id: &str, port: u16) -> Proc {
-    let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_spur-controller"))
-        .arg("--kubeconfig")
-        .arg(dir.join("kubeconfig"))
-        .arg("--config")
-        .arg(dir.join("spur-controller.conf"))
-        .args(["--leader-election-namespace", "kube-system"])
-        .args(["--leader-election-lease", "spur-controller"])
-        .args(["--leader-election-lease-duration", "20"])
-        .args(["--leader-election-renew-deadline-ms", "12000"])
-        .args(["--leader-election-retry-period-ms", "200"])
-        .args(["--metrics-address", "127.0.0.1"])
-        .args(["--metrics-port", &port.to_string()])
-        .args([
-            "--webhook-port",
-            "9443",
-            "--webhook-secret",
-            "spur-webhook-tls",
-        ])
-        .args(["--webhook-service", "spur-webhook"])
-        .args(["--webhook-configuration", "spur-webhook"])
-        .env("POD_NAME", id)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
-/// GET `path` on 127.0.0.1:`port`: the status code and body, or None if
-/// nothing answers yet.
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
-}
-
-/// Polls `/metrics` until every line of `want` is in it.
-async fn wait_metrics(port: u16, want: &[&str], timeout: Duration, dir: &Path) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some((200, body)) = get(port, "/metrics").await {
-            if want.iter().all(|w| body.lines().any(|l| l == *w)) {
-                return body;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "metrics on {port} lack {want:?}:\n{body}\nlogs:\n{}",
-                    logs(dir)
-                );
-            }
-        } else if Instant::now() >= deadline {
-            panic!("nothing on {port}; logs:\n{}", logs(dir));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn logs(dir: &Path) -> String {
-    ["one", "two"]
-        .iter()
-        .map(|id| {
-            format!(
-                "--- {id}\n{}",
-                std::fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default()
-            )
-        })
-        .collect()
-}
 
 async fn holder(client: &Client) -> Option<String> {
     Api::<Lease>::namespaced(client.clone(), "kube-system")

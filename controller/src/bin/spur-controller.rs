@@ -101,6 +101,10 @@ struct WebhookArgs {
     /// HTTPS port of the admission webhook.
     #[arg(long, default_value_t = 9443)]
     webhook_port: u16,
+    /// Address the webhook port binds (all addresses by default; labs bind
+    /// their management address).
+    #[arg(long, default_value_t = std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    webhook_address: std::net::IpAddr,
     /// Secret (in the controller's namespace) holding the webhook's
     /// certificate.
     #[arg(long, default_value = "spur-webhook-tls")]
@@ -230,10 +234,7 @@ async fn run(args: Args) -> Result<(), StartError> {
     // and retried: IPPool writes fail closed meanwhile, which is safe.
     let (stop_tx, stop_rx) = watch::channel(false);
     let webhook_cfg = WebhookConfig {
-        addr: SocketAddr::new(
-            std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            args.webhook.webhook_port,
-        ),
+        addr: SocketAddr::new(args.webhook.webhook_address, args.webhook.webhook_port),
         namespace: args.leader_election_namespace.clone(),
         secret: args.webhook.webhook_secret.clone(),
         service: args.webhook.webhook_service.clone(),
