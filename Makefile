@@ -24,7 +24,7 @@ demo: deps-demo
 	@if [ "$$(id -u)" -ne 0 ]; then \
 	  echo "make demo builds network namespaces, veths and Open vSwitch bridges: it needs root."; \
 	  echo "Run it as root, e.g.: sudo make demo"; exit 1; fi
-	$(CARGO) build -q --locked -p spur-hil -p spur-node -p spur-cni --bins
+	$(CARGO) build -q --locked -p spur-hil -p spur-node -p spur-cni -p spur-controller --bins
 	target/debug/spur-hil run testbeds/seed-example $(DEMO_ARGS)
 
 ## validate-deploy: what `kubectl kustomize deploy/` builds and deploy/examples/,
@@ -46,7 +46,7 @@ bench-ipam:
 ## binary against Debian's macvlan + host-local, and spur as IPAM under
 ## macvlan against host-local (root; BENCH_CNI_ARGS: --cycles N).
 bench-cni: deps-demo
-	$(CARGO) build -q --release --locked -p spur-hil -p spur-node -p spur-cni --bins
+	$(CARGO) build -q --release --locked -p spur-hil -p spur-node -p spur-cni -p spur-controller --bins
 	target/release/spur-hil bench-cni $(BENCH_CNI_ARGS)
 
 fmt:

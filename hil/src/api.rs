@@ -27,7 +27,7 @@ use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::{json, Value};
 use spur_core::ipamblock::{IPAMBlock, OwnerKind};
 use spur_core::ippool::IPPool;
-use spur_kubeapi::{Admission, ApiServer, Denial};
+use spur_kubeapi::{Admission, ApiServer, Denial, ServiceRef};
 use spur_testbed::{Manifest, ObjectRef, PodRef, PoolReport, Rejection};
 
 /// HTTP codes by which the API refuses an object (a result of the run,
@@ -147,13 +147,46 @@ impl Drop for Cluster {
 
 impl Cluster {
     /// Starts the server on `listen` (port 0 picks one), with Spur's
-    /// admission hooks and CRDs, BOOKMARK events every 10 s and the pool
-    /// usage reconciler (`spur_controller::usage`), and writes
-    /// `kubeconfig`. Must run inside a tokio runtime; dropping the cluster
-    /// stops it all.
+    /// admission hooks and the pool usage reconciler
+    /// (`spur_controller::usage`) running in this process, and writes
+    /// `kubeconfig`: the cluster of tests and benchmarks that run no
+    /// controller. See [`Cluster::start_for_controller`].
     pub async fn start(listen: IpAddr, kubeconfig: &Path) -> Result<Cluster, ApiError> {
+        let mut cluster = Cluster::start_bare(listen, kubeconfig, true).await?;
+        // The controller's pool-usage reconciler, so IPPool status.usage is
+        // filled as in a cluster with Spur.
+        let usage_client = cluster.client.clone();
+        cluster.tasks.push(tokio::spawn(async move {
+            let never = std::future::pending::<()>();
+            if let Err(e) = spur_controller::usage::run_usage(usage_client, never).await {
+                tracing::error!(error = %e, "the pool usage reconciler stopped");
+            }
+        }));
+        Ok(cluster)
+    }
+
+    /// Starts the server for a run with the real `spur-controller`: Spur's
+    /// CRDs, no admission or reconciler of its own (the controller's
+    /// webhook and loops provide them once [`Cluster::route_webhook`] and
+    /// [`install_webhook_objects`] are done).
+    pub async fn start_for_controller(
+        listen: IpAddr,
+        kubeconfig: &Path,
+    ) -> Result<Cluster, ApiError> {
+        Cluster::start_bare(listen, kubeconfig, false).await
+    }
+
+    /// The server on `listen` with BOOKMARK events every 10 s, Spur's
+    /// CRDs, and (`in_process_admission`) Spur's admission hooks.
+    async fn start_bare(
+        listen: IpAddr,
+        kubeconfig: &Path,
+        in_process_admission: bool,
+    ) -> Result<Cluster, ApiError> {
         let server = ApiServer::in_memory();
-        install_admission(server.store().admission_mut());
+        if in_process_admission {
+            install_admission(server.store().admission_mut());
+        }
         let addr = SocketAddr::new(listen, 0);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -181,7 +214,7 @@ impl Cluster {
             source,
         })?;
         let client = Client::new(server.service(), "default");
-        let mut cluster = Cluster {
+        let cluster = Cluster {
             server,
             client,
             url,
@@ -189,16 +222,20 @@ impl Cluster {
             tasks: vec![serve, bookmarks],
         };
         cluster.install_crds().await?;
-        // The controller's pool-usage reconciler, so IPPool status.usage is
-        // filled as in a cluster with Spur.
-        let usage_client = cluster.client.clone();
-        cluster.tasks.push(tokio::spawn(async move {
-            let never = std::future::pending::<()>();
-            if let Err(e) = spur_controller::usage::run_usage(usage_client, never).await {
-                tracing::error!(error = %e, "the pool usage reconciler stopped");
-            }
-        }));
         Ok(cluster)
+    }
+
+    /// Sends the calls of the webhook Service of deploy/controller.yaml
+    /// (kube-system/spur-webhook, port 443) to `addr`, where the lab's
+    /// controller serves: the lab has no Service network, so this plays
+    /// kube-proxy for that one Service.
+    pub fn route_webhook(&self, addr: SocketAddr) {
+        self.server.set_service_resolver(move |svc: &ServiceRef| {
+            (svc.namespace == WEBHOOK_SERVICE_NAMESPACE
+                && svc.name == WEBHOOK_SERVICE_NAME
+                && svc.port == WEBHOOK_SERVICE_PORT)
+                .then_some(addr)
+        });
     }
 
     /// Installs Spur's CRDs (IPPool, IPAMBlock); the server has the
@@ -215,6 +252,105 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+}
+
+/// The controller's manifests, whose webhook Service and
+/// ValidatingWebhookConfiguration a run installs as a cluster would.
+const CONTROLLER_MANIFEST: &str = include_str!("../../deploy/controller.yaml");
+/// Namespace of the webhook Service in [`CONTROLLER_MANIFEST`].
+const WEBHOOK_SERVICE_NAMESPACE: &str = "kube-system";
+/// Name of the webhook Service in [`CONTROLLER_MANIFEST`].
+const WEBHOOK_SERVICE_NAME: &str = "spur-webhook";
+/// Port of the webhook Service in [`CONTROLLER_MANIFEST`].
+const WEBHOOK_SERVICE_PORT: u16 = 443;
+/// The webhook that validates IPPools, in [`CONTROLLER_MANIFEST`].
+const IPPOOL_WEBHOOK: &str = "ippools.spur.dev";
+
+/// The objects of deploy/controller.yaml a run needs: the webhook Service
+/// and the ValidatingWebhookConfiguration (caBundle empty: the controller
+/// fills it). The Deployment is played by the lab's controller process.
+pub fn webhook_objects() -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(CONTROLLER_MANIFEST) {
+        let v: Value = serde::Deserialize::deserialize(doc)
+            .map_err(|e| ApiError::Setup(format!("deploy/controller.yaml: {e}")))?;
+        let kind = v["kind"].as_str().unwrap_or_default();
+        if kind == "Service" || kind == "ValidatingWebhookConfiguration" {
+            out.push(v);
+        }
+    }
+    if out.len() != 2 {
+        return Err(ApiError::Setup(format!(
+            "deploy/controller.yaml: expected the webhook Service and ValidatingWebhookConfiguration, found {} of them",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Creates [`webhook_objects`] in the API.
+pub async fn install_webhook_objects(client: &Client) -> Result<(), ApiError> {
+    let mut applier = Applier {
+        client: client.clone(),
+        kinds: HashMap::new(),
+    };
+    for obj in webhook_objects()? {
+        let what = format!(
+            "{} {}",
+            obj["kind"].as_str().unwrap_or_default(),
+            obj.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        );
+        match applier.apply(&obj).await {
+            Ok(Applied::Stored(_)) => {}
+            Ok(Applied::Refused(reason)) | Err(reason) => {
+                return Err(ApiError::Setup(format!(
+                    "deploy/controller.yaml: {what}: {reason}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An IPPool Spur's admission refuses (its range ends before it starts);
+/// sent as a dry run, it shows whether the controller's webhook answers.
+fn probe_pool() -> Value {
+    json!({
+        "apiVersion": "spur.dev/v1beta1",
+        "kind": "IPPool",
+        "metadata": {"name": "spur-hil-webhook-probe"},
+        "spec": {
+            "ipRanges": [{"start": "192.0.2.20", "end": "192.0.2.10"}],
+            "subnetInfo": {"gateway": "192.0.2.1", "prefixLength": 24},
+        },
+    })
+}
+
+/// Whether the controller's admission webhook decides IPPool writes: a
+/// dry-run create of an invalid pool is refused by it. `Err` carries what
+/// the API said meanwhile (e.g. that it could not call the webhook).
+pub async fn webhook_answers(client: &Client) -> Result<bool, String> {
+    let ar = ApiResource::erase::<IPPool>(&());
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let pool: DynamicObject =
+        serde_json::from_value(probe_pool()).map_err(|e| format!("the probe pool: {e}"))?;
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    match api.create(&params, &pool).await {
+        Err(kube::Error::Api(s))
+            if s.code < 500
+                && s.message
+                    .contains(&format!("admission webhook \"{IPPOOL_WEBHOOK}\" denied")) =>
+        {
+            Ok(true)
+        }
+        Err(e) => Err(e.to_string()),
+        Ok(_) => Err("an invalid IPPool was accepted: the webhook is not consulted".into()),
     }
 }
 
@@ -867,6 +1003,43 @@ pub fn rfc3339(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use spur_core::ipamblock::{BlockAllocation, IPAMBlockSpec, Owner};
+
+    #[test]
+    fn the_webhook_objects_are_those_of_deploy() {
+        let objs = webhook_objects().unwrap();
+        let svc = objs.iter().find(|o| o["kind"] == "Service").unwrap();
+        assert_eq!(svc["metadata"]["namespace"], WEBHOOK_SERVICE_NAMESPACE);
+        assert_eq!(svc["metadata"]["name"], WEBHOOK_SERVICE_NAME);
+        assert_eq!(svc["spec"]["ports"][0]["port"], WEBHOOK_SERVICE_PORT);
+        let vwc = objs
+            .iter()
+            .find(|o| o["kind"] == "ValidatingWebhookConfiguration")
+            .unwrap();
+        let hooks = vwc["webhooks"].as_array().unwrap();
+        assert!(hooks.iter().any(|h| h["name"] == IPPOOL_WEBHOOK));
+        for h in hooks {
+            let to = &h["clientConfig"]["service"];
+            assert_eq!(to["namespace"], WEBHOOK_SERVICE_NAMESPACE);
+            assert_eq!(to["name"], WEBHOOK_SERVICE_NAME);
+        }
+    }
+
+    #[test]
+    fn the_probe_pool_is_refused_by_spurs_rules() {
+        use spur_controller::admission::{hooks, Operation, Request};
+        let pool = probe_pool();
+        let hook = hooks().into_iter().find(|h| h.plural == "ippools").unwrap();
+        let request = Request {
+            operation: Operation::Create,
+            subresource: None,
+            namespace: "",
+            name: "spur-hil-webhook-probe",
+            object: Some(&pool),
+            old_object: None,
+        };
+        let err = (hook.check)(&request, &|_: &str, _: &str| Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("spur-hil-webhook-probe"), "{err}");
+    }
 
     #[test]
     fn timestamps_are_rfc3339() {

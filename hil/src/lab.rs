@@ -55,6 +55,12 @@ pub const DEFAULT_ROOT: &str = "/run/spur-hil";
 pub const AGENT_BIN: &str = "spur-agent";
 /// The CNI plugin's executable name.
 pub const PLUGIN_BIN: &str = "spur";
+/// The controller's executable name.
+pub const CONTROLLER_BIN: &str = "spur-controller";
+/// How the lab names its controller process (logs, errors, cleanup).
+pub const CONTROLLER_WHAT: &str = "spur-controller";
+/// How long the controller has to serve its admission webhook.
+pub const CONTROLLER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Open vSwitch's database schema.
 pub const OVS_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 /// Debian's CNI reference plugins.
@@ -599,7 +605,7 @@ pub fn preflight(bin_dir: &Path) -> Result<(), LabError> {
     if !gaps.is_empty() {
         return Err(LabError::Missing(gaps));
     }
-    for bin in [AGENT_BIN, PLUGIN_BIN] {
+    for bin in [AGENT_BIN, PLUGIN_BIN, CONTROLLER_BIN] {
         if !bin_dir.join(bin).is_file() {
             return Err(LabError::MissingBinary {
                 name: bin.into(),
@@ -1275,6 +1281,82 @@ impl Lab {
         Ok(())
     }
 
+    /// Starts the real `spur-controller` in the host's network namespace,
+    /// next to the API server: its webhook and metrics bind free ports of
+    /// the management address, its Lease lives in kube-system, and it
+    /// tries for leadership every 200 ms so a lab's only replica leads at
+    /// once. `config` is its `spur-controller.conf`.
+    pub fn start_controller(
+        &self,
+        config: &str,
+        kubeconfig: &Path,
+        log_filter: &str,
+    ) -> Result<ControllerPorts, LabError> {
+        let conf = self.plan.dir.join("spur-controller.conf");
+        fs::write(&conf, config).map_err(io_err("writing the controller config", &conf))?;
+        let host = std::net::IpAddr::V4(self.plan.mgmt.host());
+        let webhook = free_port(host)?;
+        let metrics = free_port(host)?;
+        let bin = self.bin_dir.join(CONTROLLER_BIN);
+        let bin = bin.canonicalize().unwrap_or(bin);
+        let cmd = Cmd::new(&bin.display().to_string(), "")
+            .args([
+                "--config".to_string(),
+                conf.display().to_string(),
+                "--kubeconfig".into(),
+                kubeconfig.display().to_string(),
+                "--leader-election-namespace".into(),
+                "kube-system".into(),
+                "--leader-election-identity".into(),
+                format!("spur-hil-{}", self.plan.id),
+                "--leader-election-retry-period-ms".into(),
+                "200".into(),
+                "--webhook-address".into(),
+                host.to_string(),
+                "--webhook-port".into(),
+                webhook.port().to_string(),
+                "--metrics-address".into(),
+                host.to_string(),
+                "--metrics-port".into(),
+                metrics.port().to_string(),
+            ])
+            .env("RUST_LOG", log_filter);
+        self.spawn(CONTROLLER_WHAT, cmd, &self.controller_log())?;
+        Ok(ControllerPorts { webhook, metrics })
+    }
+
+    /// The controller's log file.
+    pub fn controller_log(&self) -> PathBuf {
+        self.plan.dir.join("spur-controller.log")
+    }
+
+    /// Waits until `ready` says the controller serves (the caller asks the
+    /// API, which calls the webhook); fails when the controller exits or
+    /// [`CONTROLLER_READY_TIMEOUT`] passes, with the end of its log.
+    pub fn wait_controller_ready(
+        &self,
+        ready: impl FnMut() -> Result<bool, String>,
+    ) -> Result<Duration, LabError> {
+        self.wait_for(
+            CONTROLLER_WHAT,
+            Some(CONTROLLER_WHAT),
+            CONTROLLER_READY_TIMEOUT,
+            ready,
+        )
+        .map_err(|e| match e {
+            LabError::NotReady { what, waited, last } => LabError::NotReady {
+                what,
+                waited,
+                last: format!(
+                    "{last}; the end of its log {}:\n{}",
+                    self.controller_log().display(),
+                    log_tail(&self.controller_log(), 20)
+                ),
+            },
+            other => other,
+        })
+    }
+
     /// Waits until `node`'s agent answers the `spur` plugin's STATUS with
     /// success; fails when the agent exits or [`AGENT_READY_TIMEOUT`]
     /// passes. Returns how long it took.
@@ -1313,6 +1395,22 @@ impl Lab {
     pub fn teardown(&self) -> Vec<String> {
         self.cleanup.run()
     }
+}
+
+/// Where the lab's `spur-controller` listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControllerPorts {
+    /// Its HTTPS admission webhook.
+    pub webhook: std::net::SocketAddr,
+    /// Its /metrics, /healthz and /readyz.
+    pub metrics: std::net::SocketAddr,
+}
+
+/// A port of `host` no one listens on now (the OS's choice).
+fn free_port(host: std::net::IpAddr) -> Result<std::net::SocketAddr, LabError> {
+    std::net::TcpListener::bind((host, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| LabError::Unsupported(format!("no free port on {host}: {e}")))
 }
 
 impl Drop for Lab {

@@ -1,9 +1,13 @@
 //! One run of a testbed on this machine (`spur-hil run DIR`).
 //!
 //! In order: load the testbed; bring the lab up ([`crate::lab`]); start the
-//! embedded API server with Spur's admission hooks and CRDs, the Node
-//! objects and the pool-usage reconciler ([`crate::api`]); apply the
-//! manifests (refusals are results); write each node's `spur-agent.conf`,
+//! embedded API server with Spur's CRDs and the Node objects
+//! ([`crate::api`]); start the real `spur-controller` next to it with the
+//! webhook Service and ValidatingWebhookConfiguration of
+//! deploy/controller.yaml, and wait until its webhook decides IPPool
+//! writes (it also keeps pool usage, collects garbage and leads); apply the
+//! manifests (refusals, the webhook's included, are results); write each
+//! node's `spur-agent.conf`,
 //! start the agents and wait until they are ready; let each node's kubelet
 //! stand-in add its Pods (nodes in parallel, a node's Pods in manifest
 //! order) and write their status; wait for the pool usage to settle; build
@@ -32,7 +36,10 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use serde_json::Value;
-use spur_core::config::{AgentConfig, AGENT_CONF_KEY, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE};
+use spur_core::config::{
+    AgentConfig, ControllerConfig, AGENT_CONF_KEY, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE,
+    CONTROLLER_CONF_KEY,
+};
 use spur_core::ippool::PoolLayout;
 use spur_core::status::{NetworkStatus, NETWORK_STATUS_ANNOTATION};
 use spur_core::Subject;
@@ -106,6 +113,30 @@ pub fn default_bin_dir() -> PathBuf {
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The controller configuration of the testbed: the `spur-controller.conf`
+/// key of the last ConfigMap `kube-system/spur-config` of the manifests, or,
+/// without one, the defaults. Read from the manifests, not the API: the
+/// controller must run before the manifests are applied, since its webhook
+/// decides them (and a ConfigMap is not something it refuses).
+pub fn controller_config_text(manifests: &[Manifest]) -> String {
+    manifests
+        .iter()
+        .filter(|m| {
+            m.is_builtin("ConfigMap")
+                && m.name() == CONFIGMAP_NAME
+                && m.namespace() == Some(CONFIGMAP_NAMESPACE)
+        })
+        .filter_map(|m| {
+            m.object
+                .get("data")
+                .and_then(|d| d.get(CONTROLLER_CONF_KEY))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .next_back()
+        .unwrap_or_else(|| ControllerConfig::default().to_yaml())
 }
 
 /// The agent configuration of the testbed: the `spur-agent.conf` key of
@@ -339,7 +370,7 @@ pub fn run(opts: &RunOptions, progress: &Progress) -> Result<RunOutcome, RunErro
     };
     let up = Instant::now();
     let lab = Lab::up(&testbed.spec, &lab_opts, cleanup.clone(), progress)?;
-    let cluster = rt.block_on(Cluster::start(
+    let cluster = rt.block_on(Cluster::start_for_controller(
         IpAddr::V4(lab.plan.mgmt.host()),
         &lab.plan.kubeconfig,
     ))?;
@@ -397,6 +428,8 @@ impl Session {
             .collect();
         self.rt
             .block_on(api::create_nodes(&self.cluster.client, &nodes))?;
+        self.start_controller(testbed, opts, progress)?;
+        self.check_interrupted()?;
         let node_names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
         let applied = self.rt.block_on(api::apply_manifests(
             &self.cluster.client,
@@ -433,10 +466,41 @@ impl Session {
             secs(down.elapsed())
         ));
         report.failures.extend(leaks);
+        if let Err(e) = self.lab.check_alive(crate::lab::CONTROLLER_WHAT) {
+            report.failures.push(format!("spur-controller: {e}"));
+        }
         Ok(RunOutcome {
             report,
             printed_failures,
         })
+    }
+
+    /// Starts the real controller and waits until its webhook decides
+    /// IPPool writes (certificate made, caBundle set, the API calling it).
+    fn start_controller(
+        &self,
+        testbed: &Testbed,
+        opts: &RunOptions,
+        progress: &Progress,
+    ) -> Result<(), RunError> {
+        let ports = self.lab.start_controller(
+            &controller_config_text(&testbed.manifests),
+            &self.cluster.kubeconfig,
+            &opts.agent_log_filter,
+        )?;
+        self.cluster.route_webhook(ports.webhook);
+        self.rt
+            .block_on(api::install_webhook_objects(&self.cluster.client))?;
+        let client = self.client();
+        let took = self
+            .lab
+            .wait_controller_ready(|| self.rt.block_on(api::webhook_answers(&client)))?;
+        progress.say(format!(
+            "spur-controller serving its webhook at {} ({})",
+            ports.webhook,
+            secs(took)
+        ));
+        Ok(())
     }
 
     fn start_agents(
@@ -1127,6 +1191,22 @@ mod tests {
         assert!(config.secondary_network.ovs_bridges.is_empty());
         let config = AgentConfig::from_yaml(&agent_config_text(&[], &[])).unwrap();
         assert!(config.secondary_network.ovs_bridges.is_empty());
+    }
+
+    #[test]
+    fn the_controller_reads_the_last_spur_config_or_the_defaults() {
+        let ms = manifests(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: spur-config, namespace: kube-system}\n\
+             data:\n  spur-controller.conf: 'gcIntervalSeconds: 5'\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {name: spur-config, namespace: default}\n\
+             data:\n  spur-controller.conf: 'gcIntervalSeconds: 7'\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {name: spur-config, namespace: kube-system}\n\
+             data:\n  spur-agent.conf: 'agent only'\n",
+        );
+        let text = controller_config_text(&ms);
+        assert_eq!(text, "gcIntervalSeconds: 5");
+        let none = ControllerConfig::from_yaml(&controller_config_text(&[])).unwrap();
+        assert_eq!(none, ControllerConfig::default());
     }
 
     #[test]

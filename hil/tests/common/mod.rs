@@ -32,13 +32,22 @@ pub fn spur_hil() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_spur-hil"))
 }
 
-/// The directory of the workspace's binaries, after building `spur-agent`
-/// and `spur` there (cargo test builds only this crate's binary).
+/// The directory of the workspace's binaries, after building `spur-agent`,
+/// `spur` and `spur-controller` there (cargo test builds only this crate's binary).
 pub fn workspace_bins() -> PathBuf {
     let dir = spur_hil().parent().unwrap().to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--bins", "-p", "spur-node", "-p", "spur-cni"]);
+    cmd.args([
+        "build",
+        "--bins",
+        "-p",
+        "spur-node",
+        "-p",
+        "spur-cni",
+        "-p",
+        "spur-controller",
+    ]);
     // The test binary lives in <target>/<profile>/deps; build the same profile.
     if dir.ends_with("release") {
         cmd.arg("--release");
@@ -49,9 +58,11 @@ pub fn workspace_bins() -> PathBuf {
         .expect("cargo runs");
     assert!(
         status.success(),
-        "building spur-agent and spur failed: {status}"
+        "building spur-agent, spur and spur-controller failed: {status}"
     );
-    assert!(dir.join("spur-agent").is_file() && dir.join("spur").is_file());
+    for bin in ["spur-agent", "spur", "spur-controller"] {
+        assert!(dir.join(bin).is_file(), "{bin} was not built");
+    }
     dir
 }
 
