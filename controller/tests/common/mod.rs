@@ -78,6 +78,11 @@ pub fn write_config(dir: &Path, url: &str, controller_conf: &str) {
 /// /metrics on 127.0.0.1:`port` and the webhook on a free port of
 /// 127.0.0.1; its log goes to `dir/<id>.log`.
 pub fn start(dir: &Path, id: &str, port: u16) -> Proc {
+    start_with_webhook(dir, id, port, free_port())
+}
+
+/// [`start`] with the webhook on 127.0.0.1:`webhook_port`.
+pub fn start_with_webhook(dir: &Path, id: &str, port: u16, webhook_port: u16) -> Proc {
     let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_spur-controller"))
         .arg("--kubeconfig")
@@ -92,7 +97,7 @@ pub fn start(dir: &Path, id: &str, port: u16) -> Proc {
         .args(["--metrics-address", "127.0.0.1"])
         .args(["--metrics-port", &port.to_string()])
         .args(["--webhook-address", "127.0.0.1"])
-        .args(["--webhook-port", &free_port().to_string()])
+        .args(["--webhook-port", &webhook_port.to_string()])
         .args(["--webhook-secret", "spur-webhook-tls"])
         .args(["--webhook-service", "spur-webhook"])
         .args(["--webhook-configuration", "spur-webhook"])
