@@ -427,7 +427,7 @@ async fn handle_review(
             if verdict.is_ok() {
                 "allowed"
             } else {
-                "refused"
+                "denied"
             },
         );
     }
@@ -440,7 +440,7 @@ async fn handle_review(
         Err(e) => {
             let message = e.to_string();
             tracing::info!(hook = %hook.name, uid = %req.uid, operation = %req.operation,
-                name = req.object_name(), decision = "refused", reason = %message, "admission");
+                name = req.object_name(), decision = "denied", reason = %message, "admission");
             (StatusCode::OK, response(&req.uid, Some((400, &message))))
         }
     }

@@ -232,8 +232,8 @@ async fn the_binarys_webhook_decides_ippool_and_nad_writes() {
     let body = wait_metrics(
         metrics_port,
         &[
-            "spur_admission_decisions_total{resource=\"ippools\",decision=\"refused\"} 4",
-            "spur_admission_decisions_total{resource=\"network-attachment-definitions\",decision=\"refused\"} 1",
+            "spur_admission_decisions_total{resource=\"ippools\",decision=\"denied\"} 4",
+            "spur_admission_decisions_total{resource=\"network-attachment-definitions\",decision=\"denied\"} 1",
         ],
         Duration::from_secs(10),
         dir.path(),

@@ -448,9 +448,9 @@ async fn reviews_over_https() {
     assert_eq!(
         *seen.lock().unwrap(),
         vec![
-            pair("ippools", "refused"),
+            pair("ippools", "denied"),
             pair("ippools", "allowed"),
-            pair("network-attachment-definitions", "refused"),
+            pair("network-attachment-definitions", "denied"),
         ]
     );
 
