@@ -5,7 +5,8 @@
 //! selection and network-status annotations, the IPPool custom resource,
 //! `spur-agent.conf` and `spur-controller.conf`), their validation with
 //! errors that name the object, key and value, and the math behind
-//! addresses (allocatable sets of pools, NodeIPAM CIDR carving).
+//! addresses (allocatable sets of pools, NodeIPAM CIDR carving), and the
+//! retry backoff every component draws its jitter from a seeded RNG with.
 //!
 //! What does not: any I/O, async runtime, Kubernetes client, netlink or
 //! OVSDB access. Those live in the agent (`spur-node`), the controller and
@@ -13,6 +14,7 @@
 
 pub mod allocator;
 pub mod attach;
+pub mod backoff;
 pub mod cni;
 pub mod cniconf;
 pub mod cniproto;

@@ -18,7 +18,6 @@
 //! See [`Ipam`] for the semantics of a request and for what happens when
 //! the API does not answer.
 
-mod backoff;
 mod cache;
 mod error;
 mod locks;
@@ -41,9 +40,9 @@ use spur_core::ippool::PoolLayout;
 use spur_core::pool::Family;
 use tokio::time::{timeout, timeout_at, Instant};
 
-pub use backoff::{jitter_rng, Backoff, RetryPolicy};
 pub use cache::IpamCache;
 pub use error::IpamError;
+pub use spur_core::backoff::{jitter_rng, Backoff, RetryPolicy};
 pub use versioned::rv_newer;
 
 use cache::{CacheState, PoolIndex};

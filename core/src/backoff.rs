@@ -1,6 +1,7 @@
-//! Exponential backoff with jitter for retried writes (conflicts, 5xx,
-//! timeouts). The jitter comes from an injectable, seeded RNG so tests are
-//! reproducible; agents seed it from the process's random hasher keys.
+//! Exponential backoff with jitter, for retried writes (conflicts, 5xx,
+//! timeouts) and restarted watches. The jitter comes from an injectable,
+//! seeded RNG so tests and the simulator are reproducible; processes seed it
+//! from the random keys of the standard library's hashers.
 
 use std::time::Duration;
 
