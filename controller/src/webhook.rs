@@ -424,11 +424,7 @@ async fn handle_review(
     if let Some(sink) = decisions {
         sink(
             &hook.plural,
-            if verdict.is_ok() {
-                "allowed"
-            } else {
-                "denied"
-            },
+            if verdict.is_ok() { "allowed" } else { "denied" },
         );
     }
     match verdict {
