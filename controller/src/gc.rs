@@ -58,8 +58,12 @@
 //! wrote the block since, the API answers 409 and the block is skipped this
 //! round (its stale allocations stay candidates and are looked at again
 //! next round): an agent's newer write is never overwritten.
+//!
+//! Determinism: every map is ordered (blocks, allocations and releases are
+//! visited in the same order from run to run) and nothing reads the time
+//! of day; rounds are paced by `tokio::time`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
@@ -229,9 +233,9 @@ pub struct GcMemory {
     /// Completed rounds.
     round: u64,
     /// Allocations of the last snapshot.
-    seen: HashMap<AllocationId, Seen>,
+    seen: BTreeMap<AllocationId, Seen>,
     /// Allocations stale in the last round.
-    stale: HashMap<AllocationId, Reason>,
+    stale: BTreeMap<AllocationId, Reason>,
 }
 
 impl GcMemory {
@@ -268,17 +272,17 @@ pub fn decide(
     sets: &[StatefulSetView],
 ) -> Decision {
     let round = memory.round + 1;
-    let pods_by_name: HashMap<(&str, &str), &str> = pods
+    let pods_by_name: BTreeMap<(&str, &str), &str> = pods
         .iter()
         .map(|p| ((p.namespace.as_str(), p.name.as_str()), p.uid.as_str()))
         .collect();
-    let sets_by_name: HashMap<(&str, &str), &StatefulSetView> = sets
+    let sets_by_name: BTreeMap<(&str, &str), &StatefulSetView> = sets
         .iter()
         .map(|s| ((s.namespace.as_str(), s.name.as_str()), s))
         .collect();
 
     // Every allocation of the snapshot with what is remembered of it.
-    let mut seen: HashMap<AllocationId, Seen> = HashMap::new();
+    let mut seen: BTreeMap<AllocationId, Seen> = BTreeMap::new();
     for b in blocks {
         let block = b.name_any();
         for a in &b.spec.allocations {
@@ -317,7 +321,7 @@ pub fn decide(
         }
     }
 
-    let mut stale: HashMap<AllocationId, Reason> = HashMap::new();
+    let mut stale: BTreeMap<AllocationId, Reason> = BTreeMap::new();
     for (id, s) in &seen {
         let o = &id.owner;
         let reason = match o.kind {
@@ -604,6 +608,7 @@ impl GcReconciler {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
                 () = &mut shutdown => return,
                 _ = ticks.tick() => {
                     match self.round().await {
@@ -1001,7 +1006,7 @@ mod tests {
         #[test]
         fn releases_are_never_of_live_holders(worlds in proptest::collection::vec(arb_world(), 1..5)) {
             let mut m = GcMemory::default();
-            let mut first_uid: HashMap<AllocationId, String> = HashMap::new();
+            let mut first_uid: BTreeMap<AllocationId, String> = BTreeMap::new();
             let mut prev_stale: BTreeSet<AllocationId> = BTreeSet::new();
             for w in worlds {
                 let pods = dedup_pods(w.pods);

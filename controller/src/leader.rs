@@ -14,10 +14,14 @@
 //! leaseDurationSeconds` is past. So (clock skew aside, which the gap
 //! between the two absorbs) two replicas never both believe they lead.
 //!
-//! What does not live here: which loops run while leading (the binary
-//! decides), metrics (see [`crate::metrics`]).
+//! Time: the Lease's timestamps come from [`ElectionConfig::clock`] (the
+//! system clock in production, simulated time in the simulator); renew
+//! deadlines are measured on `tokio::time::Instant`.
+//!
+//! What does not live here: which loops run while leading
+//! ([`crate::replica`] decides), metrics (see [`crate::metrics`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -25,6 +29,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use kube::Client;
 use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::clock::{system_clock, SharedClock};
 
 /// Who leads, as the rest of the process sees it: `true` while this replica
 /// holds the Lease.
@@ -134,7 +141,7 @@ pub fn released_spec(previous: Option<&LeaseSpec>, now: Timestamp) -> LeaseSpec 
 }
 
 /// Settings of an election.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ElectionConfig {
     /// Namespace of the Lease.
     pub namespace: String,
@@ -150,11 +157,14 @@ pub struct ElectionConfig {
     /// Time between two tries (renewals while leading, acquisitions
     /// otherwise).
     pub retry_period: Duration,
+    /// Where `renewTime`, `acquireTime` and the Lease's expiry are read
+    /// from.
+    pub clock: SharedClock,
 }
 
 impl ElectionConfig {
     /// The usual timings (client-go's defaults): a 15 s Lease, step down
-    /// after 10 s without renewal, a try every 2 s.
+    /// after 10 s without renewal, a try every 2 s; the system clock.
     pub fn new(namespace: &str, name: &str, identity: &str) -> ElectionConfig {
         ElectionConfig {
             namespace: namespace.to_string(),
@@ -163,6 +173,7 @@ impl ElectionConfig {
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
+            clock: system_clock(),
         }
     }
 }
@@ -266,7 +277,7 @@ impl Elector {
             .await
             .map_err(|e| self.api_error(e))?;
         self.contacted = true;
-        let now = Timestamp::now();
+        let now = self.config.clock.now();
         let decision = decide(current.as_ref(), now, &self.config.identity);
         let spec = match &decision {
             Decision::Wait { holder, .. } => {
@@ -405,10 +416,12 @@ impl Elector {
             // release() reads the Lease afresh. Leaders renew and followers
             // try at the same period.
             tokio::select! {
+                biased;
                 () = &mut shutdown => break,
                 _ = self.step() => {}
             }
             tokio::select! {
+                biased;
                 () = &mut shutdown => break,
                 () = tokio::time::sleep(self.config.retry_period) => {}
             }
@@ -438,7 +451,7 @@ impl Elector {
         if holder != self.config.identity {
             return Ok(false);
         }
-        lease.spec = Some(released_spec(lease.spec.as_ref(), Timestamp::now()));
+        lease.spec = Some(released_spec(lease.spec.as_ref(), self.config.clock.now()));
         match self
             .api
             .replace(&self.config.name, &PostParams::default(), &lease)

@@ -41,6 +41,8 @@ use spur_core::config::NodeIpamConfig;
 use spur_core::nodeipam::{NodeCidrAllocator, NodeIpamError};
 use tokio::time::Instant;
 
+use crate::watchbackoff::{seed_for, WatchBackoff};
+
 /// Namespace of the ledger ConfigMap of pending CIDR claims.
 pub const LEDGER_NAMESPACE: &str = "kube-system";
 /// Name of the ledger ConfigMap of pending CIDR claims.
@@ -383,14 +385,18 @@ pub struct NodeIpamLoopConfig {
     /// How long to wait before another round after one that failed,
     /// conflicted or left a Node write failed.
     pub retry: Duration,
+    /// Seed of the Node watch's backoff jitter (None: process-random).
+    pub seed: Option<u64>,
 }
 
 impl Default for NodeIpamLoopConfig {
-    /// 200 ms of debounce, two seconds before a retry.
+    /// 200 ms of debounce, two seconds before a retry, process-random
+    /// jitter.
     fn default() -> Self {
         NodeIpamLoopConfig {
             debounce: Duration::from_millis(200),
             retry: Duration::from_secs(2),
+            seed: None,
         }
     }
 }
@@ -562,9 +568,8 @@ impl NodeIpamReconciler {
         settings: NodeIpamLoopConfig,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), NodeIpamRunError> {
-        let mut events = std::pin::pin!(
-            watcher(self.nodes.clone(), watcher::Config::default()).default_backoff()
-        );
+        let mut events = std::pin::pin!(watcher(self.nodes.clone(), watcher::Config::default())
+            .backoff(WatchBackoff::new(seed_for(settings.seed, "nodeipam/nodes"))));
         let mut shutdown = std::pin::pin!(shutdown);
         let mut ready = false;
         let mut due: Option<Instant> = None;
@@ -576,7 +581,10 @@ impl NodeIpamReconciler {
                     None => std::future::pending().await,
                 }
             };
+            // Stop first; then the watch events, so a due round sees every
+            // event already delivered; then the timer.
             tokio::select! {
+                biased;
                 () = &mut shutdown => return Ok(()),
                 ev = events.next() => {
                     let now = Instant::now();

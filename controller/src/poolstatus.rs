@@ -4,15 +4,20 @@
 //! ([`find_conflicts`]), the `Exhausted` and `Valid` conditions a pool
 //! should carry ([`desired_conditions`]), how they merge with the stored
 //! ones so that `lastTransitionTime` changes only when a status flips
-//! ([`merge_conditions`]), and which transitions deserve a Warning Event
-//! ([`transitions`]). Writing the conditions (in the same `/status` patch as
-//! the usage) and publishing the Events is done by
-//! [`crate::usage::UsageReconciler`]; nothing here talks to the API server.
+//! ([`merge_conditions`]), which transitions deserve a Warning Event
+//! ([`transitions`]), and the Event object announcing one
+//! ([`warning_event`]). Writing the conditions (in the same `/status` patch
+//! as the usage) and publishing the Events is done by
+//! [`crate::usage::UsageReconciler`]; nothing here talks to the API server
+//! or reads a clock (the times are passed in, from the injected
+//! [`crate::clock::WallClock`]).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::ResourceExt;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
 use spur_core::ippool::{IPPool, PoolLayout, PoolUsage};
 
 /// Condition type: True when every allocatable address is allocated.
@@ -36,6 +41,10 @@ pub const EVENT_EXHAUSTED: &str = "PoolExhausted";
 pub const EVENT_CONFLICT: &str = "PoolConflict";
 /// `reportingController` of Spur's Events.
 pub const REPORTING_CONTROLLER: &str = "spur.dev/spur-controller";
+/// `action` of Spur's Events.
+pub const EVENT_ACTION: &str = "Reconcile";
+/// Namespace the Events regarding (cluster-scoped) IPPools are created in.
+pub const EVENT_NAMESPACE: &str = "default";
 
 /// Why a pool is not valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +216,30 @@ pub fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Transition>
     out
 }
 
+/// The `events.k8s.io/v1` Warning Event announcing `t` for `pool` at
+/// `now`, as kube-runtime's recorder builds it: named
+/// `<pool>.<nanoseconds since the epoch, hex>` (`stamp` gives those
+/// nanoseconds, so a caller can keep names unique when its clock stands
+/// still), in [`EVENT_NAMESPACE`], reported by [`REPORTING_CONTROLLER`].
+pub fn warning_event(pool: &IPPool, t: &Transition, now: Timestamp, stamp: i128) -> Event {
+    Event {
+        action: Some(EVENT_ACTION.into()),
+        reason: Some(t.reason.into()),
+        note: Some(t.note.clone()),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(pool.object_ref(&())),
+        metadata: ObjectMeta {
+            namespace: Some(EVENT_NAMESPACE.into()),
+            name: Some(format!("{}.{stamp:x}", pool.name_any())),
+            ..ObjectMeta::default()
+        },
+        reporting_controller: Some(REPORTING_CONTROLLER.into()),
+        reporting_instance: Some(REPORTING_CONTROLLER.into()),
+        type_: Some("Warning".into()),
+        ..Event::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +263,25 @@ mod tests {
 
     fn t(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn warning_events_carry_the_given_time() {
+        let p = pool("a", "10.10.1.0/24", "10.10.1.1");
+        let t = Transition {
+            reason: EVENT_EXHAUSTED,
+            note: "full".into(),
+        };
+        let at = Timestamp::from_second(1_767_225_600).unwrap();
+        let ev = warning_event(&p, &t, at, at.as_nanosecond());
+        assert_eq!(ev.event_time, Some(MicroTime(at)));
+        assert_eq!(
+            ev.metadata.name.as_deref(),
+            Some(format!("a.{:x}", at.as_nanosecond()).as_str())
+        );
+        assert_eq!(ev.reason.as_deref(), Some(EVENT_EXHAUSTED));
+        assert_eq!(ev.type_.as_deref(), Some("Warning"));
+        assert_eq!(ev.regarding.and_then(|r| r.name).as_deref(), Some("a"));
     }
 
     #[test]

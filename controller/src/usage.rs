@@ -26,22 +26,29 @@
 //!
 //! Only the elected controller runs this: two writers would not corrupt
 //! anything (the patch is idempotent) but would double the writes.
+//!
+//! Determinism: condition and Event times come from
+//! [`UsageConfig::clock`]; the watches restart with a
+//! [`WatchBackoff`] seeded from [`UsageConfig::seed`]; pools are written in
+//! name order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use spur_core::ipamblock::IPAMBlock;
 use spur_core::ippool::{IPPool, PoolLayout, PoolUsage};
 use tokio::time::Instant;
 
+use crate::clock::{system_clock, SharedClock};
 use crate::poolstatus;
+use crate::watchbackoff::{seed_for, WatchBackoff};
 
 /// Window offsets of a block are 0-63.
 const BLOCK_OFFSETS: u8 = 64;
@@ -52,7 +59,7 @@ pub fn compute_usage<'a>(
     pools: impl IntoIterator<Item = &'a IPPool>,
     blocks: impl IntoIterator<Item = &'a IPAMBlock>,
 ) -> BTreeMap<String, PoolUsage> {
-    let mut used: HashMap<&str, u128> = HashMap::new();
+    let mut used: BTreeMap<&str, u128> = BTreeMap::new();
     for b in blocks {
         let mut offsets = 0u64;
         for a in b
@@ -82,7 +89,7 @@ pub fn stored_usage(pool: &IPPool) -> Option<PoolUsage> {
 }
 
 /// Settings of the usage loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct UsageConfig {
     /// How long events are collected before a pass runs: the first event
     /// after a pass schedules the next pass this much later, and every
@@ -90,14 +97,22 @@ pub struct UsageConfig {
     pub debounce: Duration,
     /// How long to wait before retrying a pass in which a write failed.
     pub retry: Duration,
+    /// Where conditions' `lastTransitionTime` and Events' `eventTime` are
+    /// read from.
+    pub clock: SharedClock,
+    /// Seed of the watches' backoff jitter (None: process-random).
+    pub seed: Option<u64>,
 }
 
 impl Default for UsageConfig {
-    /// One second of debounce, five seconds before a retry.
+    /// One second of debounce, five seconds before a retry, the system
+    /// clock, process-random jitter.
     fn default() -> Self {
         UsageConfig {
             debounce: Duration::from_secs(1),
             retry: Duration::from_secs(5),
+            clock: system_clock(),
+            seed: None,
         }
     }
 }
@@ -146,11 +161,14 @@ struct Written {
 pub struct UsageReconciler {
     pools: Api<IPPool>,
     blocks: Api<IPAMBlock>,
+    events: Api<K8sEvent>,
     config: UsageConfig,
-    recorder: Recorder,
     /// The last write per pool, so that a pass over a cache that has not
     /// seen it yet neither writes the same value again nor misses a change.
-    written: HashMap<String, Written>,
+    written: BTreeMap<String, Written>,
+    /// The name stamp of the last Event published: names stay unique when
+    /// the clock stands still (simulated time) or goes backwards.
+    last_stamp: i128,
 }
 
 /// What a watch event means for the loop.
@@ -180,22 +198,19 @@ fn signal<K>(source: Source, ev: &watcher::Event<K>) -> Signal {
 impl UsageReconciler {
     /// A reconciler writing through `client`.
     pub fn new(client: Client, config: UsageConfig) -> UsageReconciler {
-        let reporter = Reporter {
-            controller: poolstatus::REPORTING_CONTROLLER.into(),
-            instance: None,
-        };
         UsageReconciler {
             pools: Api::all(client.clone()),
             blocks: Api::all(client.clone()),
-            recorder: Recorder::new(client, reporter),
+            events: Api::namespaced(client, poolstatus::EVENT_NAMESPACE),
             config,
-            written: HashMap::new(),
+            written: BTreeMap::new(),
+            last_stamp: i128::MIN,
         }
     }
 
     /// The settings.
     pub fn config(&self) -> UsageConfig {
-        self.config
+        self.config.clone()
     }
 
     /// One pass over freshly listed pools and blocks.
@@ -234,7 +249,7 @@ impl UsageReconciler {
     ) -> UsagePass {
         let desired = compute_usage(pools.clone(), blocks);
         let problems = poolstatus::find_conflicts(pools.clone());
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let now = Time(self.config.clock.now());
         let mut pass = UsagePass::default();
         self.written.retain(|name, _| desired.contains_key(name));
         for pool in pools {
@@ -295,18 +310,24 @@ impl UsageReconciler {
         pass
     }
 
-    /// Publishes a Warning Event regarding `pool`; a failure is logged (the
-    /// condition, already written, stays the record).
-    async fn publish(&self, pool: &IPPool, t: &poolstatus::Transition) {
-        let ev = Event {
-            type_: EventType::Warning,
-            reason: t.reason.into(),
-            note: Some(t.note.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
+    /// Publishes a Warning Event regarding `pool`
+    /// ([`poolstatus::warning_event`], stamped by the injected clock); a
+    /// failure is logged (the condition, already written, stays the
+    /// record). Each transition is its own Event: the pool's
+    /// resourceVersion differs between two transitions, so kube-runtime's
+    /// recorder would not have folded them into a series either.
+    async fn publish(&mut self, pool: &IPPool, t: &poolstatus::Transition) {
+        let now = self.config.clock.now();
+        let stamp = now.as_nanosecond().max(self.last_stamp.saturating_add(1));
+        self.last_stamp = stamp;
+        let ev = poolstatus::warning_event(pool, t, now, stamp);
         let name = pool.name_any();
-        match self.recorder.publish(&ev, &pool.object_ref(&())).await {
+        match self
+            .events
+            .create(&PostParams::default(), &ev)
+            .await
+            .map(|_| ())
+        {
             Ok(()) => {
                 tracing::info!(pool = %name, reason = t.reason, note = %t.note, "event published")
             }
@@ -346,12 +367,16 @@ impl UsageReconciler {
         let (block_cache, block_writer) = reflector::store::<IPAMBlock>();
         let pool_events = reflector::reflector(
             pool_writer,
-            watcher(self.pools.clone(), watcher::Config::default()).default_backoff(),
+            watcher(self.pools.clone(), watcher::Config::default()).backoff(WatchBackoff::new(
+                seed_for(self.config.seed, "usage/ippools"),
+            )),
         )
         .map(|ev| ev.map(|e| signal(Source::Pools, &e)));
         let block_events = reflector::reflector(
             block_writer,
-            watcher(self.blocks.clone(), watcher::Config::default()).default_backoff(),
+            watcher(self.blocks.clone(), watcher::Config::default()).backoff(WatchBackoff::new(
+                seed_for(self.config.seed, "usage/ipamblocks"),
+            )),
         )
         .map(|ev| ev.map(|e| signal(Source::Blocks, &e)));
         let mut events = std::pin::pin!(futures::stream::select(pool_events, block_events));
@@ -366,7 +391,10 @@ impl UsageReconciler {
                     None => std::future::pending().await,
                 }
             };
+            // Stop first; then the watch events, so a due pass sees every
+            // event already delivered; then the timer.
             tokio::select! {
+                biased;
                 () = &mut shutdown => return Ok(()),
                 ev = next(&mut events) => {
                     let now = Instant::now();
@@ -396,8 +424,13 @@ impl UsageReconciler {
                 }
                 () = timer => {
                     due = None;
-                    let pools = pool_cache.state();
-                    let blocks = block_cache.state();
+                    // The caches hand their objects out in hash order: name
+                    // order makes the writes (and the conflict each pool
+                    // reports) the same from run to run.
+                    let mut pools = pool_cache.state();
+                    pools.sort_by_key(|p| p.name_any());
+                    let mut blocks = block_cache.state();
+                    blocks.sort_by_key(|b| b.name_any());
                     let pass = self
                         .reconcile_refs(
                             pools.iter().map(|p| p.as_ref()),

@@ -7,7 +7,7 @@
 //!   body, [`hook_for_path`] picks the hook of a path
 //!   (`/validate/ippools`, `/validate/network-attachment-definitions`, as
 //!   `deploy/controller.yaml` registers them), [`answer`] runs the hook
-//!   against an in-memory [`ObjectLister`] and [`response`] writes the
+//!   against an in-memory [`ObjectLister`](crate::admission::ObjectLister) and [`response`] writes the
 //!   answering AdmissionReview (a refusal: `allowed: false`, `status.code`
 //!   400 and the message spur-core words);
 //! - the certificate: [`generate_certificates`] (a CA and a serving
@@ -876,6 +876,7 @@ impl Webhook {
                         Err(e) => tracing::warn!(error = %e, "cannot set the caBundle; retrying"),
                     }
                     tokio::select! {
+                        biased;
                         _ = stop.changed() => return,
                         () = tokio::time::sleep(Duration::from_secs(10)) => {}
                     }
@@ -885,6 +886,7 @@ impl Webhook {
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
+                biased;
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok(a) => a,
@@ -924,15 +926,18 @@ impl Webhook {
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service);
                 tokio::pin!(conn);
+                // Stop first: a connection being served then ends
+                // gracefully.
                 tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r { tracing::debug!(%peer, error = %e, "webhook connection"); }
-                    }
+                    biased;
                     _ = stop.changed() => {
                         conn.as_mut().graceful_shutdown();
                         if let Err(e) = conn.await {
                             tracing::debug!(%peer, error = %e, "webhook connection at shutdown");
                         }
+                    }
+                    r = conn.as_mut() => {
+                        if let Err(e) = r { tracing::debug!(%peer, error = %e, "webhook connection"); }
                     }
                 }
             });

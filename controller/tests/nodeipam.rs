@@ -358,6 +358,7 @@ async fn the_loop_follows_node_changes() {
     let settings = NodeIpamLoopConfig {
         debounce: Duration::from_millis(20),
         retry: Duration::from_millis(100),
+        ..NodeIpamLoopConfig::default()
     };
     let task = tokio::spawn(r.run(settings, async {
         let _ = stopped.await;

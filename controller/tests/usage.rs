@@ -270,11 +270,14 @@ async fn the_loop_follows_blocks_with_writes_bounded_by_changes() {
     let config = UsageConfig {
         debounce: Duration::from_millis(300),
         retry: Duration::from_millis(300),
+        ..UsageConfig::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(UsageReconciler::new(client.clone(), config).run(async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(
+        UsageReconciler::new(client.clone(), config.clone()).run(async {
+            let _ = stopped.await;
+        }),
+    );
 
     // The first pass runs once both caches are listed.
     eventually(
@@ -395,6 +398,7 @@ async fn a_failed_write_is_retried() {
     let config = UsageConfig {
         debounce: Duration::from_millis(50),
         retry: Duration::from_millis(100),
+        ..UsageConfig::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(UsageReconciler::new(client.clone(), config).run(async {

@@ -1,12 +1,15 @@
 //! `spur-controller`: the cluster-level controller of Spur.
 //!
-//! What lives here: the wiring. Flags (those of deploy/controller.yaml),
-//! `spur-controller.conf`, the API connection, the metrics and health
-//! server, leader election on a Lease, and, while this replica leads, the
-//! leader-only loops: IPPool usage, address garbage collection and (when
-//! enabled) NodeIPAM. They start when leadership is won and stop when it is
-//! lost. On SIGTERM (or SIGINT) the loops stop, the Lease is released so the
-//! other replica takes over at its next try, and the process exits 0.
+//! What lives here: the process edges. Flags (those of
+//! deploy/controller.yaml), `spur-controller.conf`, the API connection, the
+//! metrics and health server, the admission webhook and signals. The
+//! replica itself — leader election on a Lease, the pool gauges and, while
+//! it leads, the leader-only loops (IPPool usage, address garbage
+//! collection and, when enabled, NodeIPAM), started when leadership is won
+//! and stopped when it is lost — is `spur_controller::replica::run_replica`
+//! (moved out of this file so the simulator runs the same code). On
+//! SIGTERM (or SIGINT) the loops stop, the Lease is released so the other
+//! replica takes over at its next try, and the process exits 0.
 //!
 //! Every replica, leader or not, serves the HTTPS admission webhook
 //! (`spur_controller::webhook`: certificate bootstrapped into its Secret
@@ -19,7 +22,8 @@
 //! `/healthz` stays 200 and the pool gauges keep their last values.
 //!
 //! What does not live here: every decision and server (the library
-//! modules: `leader`, `metrics`, `webhook`, `usage`, `gc`, `nodeipam`).
+//! modules: `replica`, `leader`, `metrics`, `webhook`, `usage`, `gc`,
+//! `nodeipam`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -28,30 +32,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config, ResourceExt};
-use spur_controller::gc::{GcConfig, GcReconciler};
-use spur_controller::leader::{ElectionConfig, Elector, LeaderState};
-use spur_controller::metrics::{self, gc_reason_label, Health, Metrics};
-use spur_controller::nodeipam::{NodeIpamLoopConfig, NodeIpamReconciler};
-use spur_controller::usage::{stored_usage, UsageConfig, UsageReconciler};
+use kube::{Client, Config};
+use spur_controller::leader::ElectionConfig;
+use spur_controller::metrics::{self, Health, Metrics};
+use spur_controller::replica::{run_replica, ReplicaConfig, STOP_TIMEOUT};
 use spur_controller::webhook::WebhookConfig;
 use spur_core::config::ControllerConfig;
-use spur_core::ippool::IPPool;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
-/// How often every replica reads the IPPools' `status.usage` into the
-/// pool gauges.
-const POOL_GAUGE_PERIOD: Duration = Duration::from_secs(5);
-/// How long shutdown waits for the leader loops to stop, and then for the
-/// Lease release (well inside the default 30 s termination grace period).
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a failed admission webhook waits before starting again.
 const WEBHOOK_RETRY: Duration = Duration::from_secs(10);
-/// Wait before restarting a leader-only loop that ended with an error.
-const LOOP_RESTART: Duration = Duration::from_secs(5);
 
 /// Spur's controller: admission, IPPool usage, garbage collection and
 /// NodeIPAM, leader-elected.
@@ -254,47 +245,26 @@ async fn run(args: Args) -> Result<(), StartError> {
     ));
     // -----------------------------------------------------------------------
 
-    tokio::spawn(pool_gauges(client.clone(), metrics.clone(), health.clone()));
-
-    let (mut elector, leader) = Elector::new(client.clone(), election);
-    let supervisor = tokio::spawn(supervise(
+    let replica = tokio::spawn(run_replica(
         client,
-        config,
-        leader,
+        ReplicaConfig::new(election, config),
+        metrics,
+        health,
         stop_rx,
-        metrics.clone(),
-        health.clone(),
     ));
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
-        }
-    };
-    elector.run(shutdown).await;
-    // Leadership is published as lost; stop the loops before giving the
-    // Lease away, so no two replicas ever run them at once.
+    tokio::select! {
+        biased;
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+    }
+    // The replica stops its loops, then releases the Lease (each bounded by
+    // STOP_TIMEOUT); the webhook stops beside it.
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(STOP_TIMEOUT, supervisor).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "leader loops supervisor failed"),
-        Err(_) => {
-            // A loop is stuck in a request: giving the Lease away now could
-            // let the other replica run beside a write still in flight.
-            tracing::warn!("leader loops did not stop in time; the lease is left to expire");
-            return Ok(());
-        }
+    if let Err(e) = replica.await {
+        tracing::error!(error = %e, "the replica failed");
     }
     if tokio::time::timeout(STOP_TIMEOUT, webhook).await.is_err() {
         tracing::warn!("the webhook did not stop in time");
-    }
-    match tokio::time::timeout(STOP_TIMEOUT, elector.release()).await {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => tracing::info!("not the leader: nothing to release"),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "releasing the lease failed; it expires by itself")
-        }
-        Err(_) => tracing::warn!("releasing the lease timed out; it expires by itself"),
     }
     Ok(())
 }
@@ -324,209 +294,6 @@ async fn run_webhook(
             .is_ok()
         {
             return;
-        }
-    }
-}
-
-/// Reads every IPPool's `status.usage` into the pool gauges every
-/// [`POOL_GAUGE_PERIOD`]; the first answer marks the API as connected.
-async fn pool_gauges(client: Client, metrics: Arc<Metrics>, health: Arc<Health>) {
-    let pools: Api<IPPool> = Api::all(client);
-    let mut known = std::collections::BTreeSet::new();
-    let mut ticks = tokio::time::interval(POOL_GAUGE_PERIOD);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        match pools.list(&ListParams::default()).await {
-            Ok(list) => {
-                health.set_connected();
-                let mut seen = std::collections::BTreeSet::new();
-                for pool in &list.items {
-                    if let Some(u) = stored_usage(pool) {
-                        metrics.set_pool_usage(&pool.name_any(), u.total, u.used);
-                        seen.insert(pool.name_any());
-                    }
-                }
-                for gone in known.difference(&seen) {
-                    metrics.forget_pool(gone);
-                }
-                known = seen;
-            }
-            Err(e) => tracing::warn!(error = %e, "listing IPPools for the pool gauges failed"),
-        }
-    }
-}
-
-/// Starts the leader-only loops when `leader` turns true, stops them (and
-/// waits for them) when it turns false or `stop` is set.
-async fn supervise(
-    client: Client,
-    config: ControllerConfig,
-    mut leader: LeaderState,
-    mut stop: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-) {
-    let mut running: Option<(watch::Sender<bool>, JoinSet<()>)> = None;
-    loop {
-        let leading = *leader.borrow_and_update() && !*stop.borrow();
-        metrics.set_leader(leading);
-        if leading {
-            // The Lease was written: the API answers.
-            health.set_connected();
-        }
-        match (leading, running.take()) {
-            (true, None) => {
-                running = Some(start_loops(&client, &config, &metrics));
-                tracing::info!("leading: usage, gc and nodeipam loops started");
-            }
-            (false, Some(loops)) => {
-                stop_loops(loops).await;
-                tracing::info!("not leading: loops stopped");
-            }
-            (_, other) => running = other,
-        }
-        health.set_leading(leading, running.is_some());
-        if *stop.borrow() {
-            break;
-        }
-        tokio::select! {
-            r = leader.changed() => if r.is_err() { break },
-            r = stop.changed() => if r.is_err() { break },
-        }
-    }
-    if let Some(loops) = running.take() {
-        stop_loops(loops).await;
-    }
-    metrics.set_leader(false);
-    health.set_leading(false, false);
-}
-
-async fn stop_loops((tx, mut set): (watch::Sender<bool>, JoinSet<()>)) {
-    let _ = tx.send(true);
-    while let Some(r) = set.join_next().await {
-        if let Err(e) = r {
-            tracing::error!(error = %e, "a leader loop panicked");
-        }
-    }
-}
-
-/// Completes once `stop` is set (or its sender is gone).
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-fn start_loops(
-    client: &Client,
-    config: &ControllerConfig,
-    metrics: &Arc<Metrics>,
-) -> (watch::Sender<bool>, JoinSet<()>) {
-    let (tx, rx) = watch::channel(false);
-    let mut set = JoinSet::new();
-    {
-        let (client, rx, metrics) = (client.clone(), rx.clone(), metrics.clone());
-        set.spawn(async move {
-            loop {
-                let r = UsageReconciler::new(client.clone(), UsageConfig::default())
-                    .run(stopped(rx.clone()))
-                    .await;
-                match r {
-                    Ok(()) => return,
-                    Err(e) => {
-                        metrics.reconcile_error("usage");
-                        tracing::warn!(error = %e, "usage loop ended; restarting");
-                    }
-                }
-                if restart_wait(rx.clone()).await {
-                    return;
-                }
-            }
-        });
-    }
-    {
-        let gc = GcConfig::from_controller_config(config);
-        let (client, rx, metrics) = (client.clone(), rx.clone(), metrics.clone());
-        set.spawn(run_gc(
-            GcReconciler::new(client, gc),
-            gc.interval,
-            rx,
-            metrics,
-        ));
-    }
-    if config.node_ipam.enable_node_ipam {
-        let (client, rx, metrics) = (client.clone(), rx.clone(), metrics.clone());
-        let cfg = config.node_ipam.clone();
-        set.spawn(async move {
-            loop {
-                let r = match NodeIpamReconciler::new(client.clone(), cfg.clone()) {
-                    Ok(n) => {
-                        n.run(NodeIpamLoopConfig::default(), stopped(rx.clone()))
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-                match r {
-                    Ok(()) => return,
-                    Err(e) => {
-                        metrics.reconcile_error("nodeipam");
-                        tracing::warn!(error = %e, "nodeipam loop ended; restarting");
-                    }
-                }
-                if restart_wait(rx.clone()).await {
-                    return;
-                }
-            }
-        });
-    }
-    (tx, set)
-}
-
-/// Waits [`LOOP_RESTART`]; true if stopped meanwhile.
-async fn restart_wait(rx: watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        () = stopped(rx) => true,
-        () = tokio::time::sleep(LOOP_RESTART) => false,
-    }
-}
-
-/// The GC loop with metrics: a round every `interval` (the first right
-/// away) until stopped.
-async fn run_gc(
-    mut gc: GcReconciler,
-    interval: Duration,
-    rx: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
-) {
-    let mut stop = std::pin::pin!(stopped(rx));
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = &mut stop => return,
-            _ = ticks.tick() => {}
-        }
-        match gc.round().await {
-            Ok(r) => {
-                metrics.gc_round();
-                for rel in &r.released {
-                    metrics.gc_released(gc_reason_label(&rel.reason), 1);
-                }
-                for (block, e) in &r.failed {
-                    metrics.reconcile_error("gc");
-                    tracing::warn!(block = %block, error = %e, "gc: releasing in a block failed");
-                }
-                tracing::debug!(
-                    allocations = r.allocations,
-                    released = r.released.len(),
-                    conflicts = r.conflicts.len(),
-                    "gc round done"
-                );
-            }
-            Err(e) => {
-                metrics.gc_aborted();
-                metrics.reconcile_error("gc");
-                tracing::warn!(error = %e, "gc round aborted; nothing released");
-            }
         }
     }
 }
