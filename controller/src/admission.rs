@@ -397,6 +397,43 @@ fn plain(msg: &str) -> String {
     spur_core::error::plain_serde_message(msg)
 }
 
+/// Registers Spur's hooks in the admission chain of the embedded API server
+/// (`spur-kubeapi`), so a lab or the simulator refuses what a cluster with
+/// Spur's webhook refuses, through the same rules. Feature `embedded`.
+#[cfg(feature = "embedded")]
+pub fn install_embedded(admission: &mut spur_kubeapi::Admission) {
+    for hook in hooks() {
+        let check = hook.check;
+        admission.add_validator(
+            &hook.name,
+            &hook.group,
+            &hook.plural,
+            Box::new(move |req, obj, store| {
+                let request = Request {
+                    operation: match req.operation {
+                        spur_kubeapi::Operation::Create => Operation::Create,
+                        spur_kubeapi::Operation::Update => Operation::Update,
+                        spur_kubeapi::Operation::Delete => Operation::Delete,
+                    },
+                    subresource: req.subresource,
+                    namespace: req.namespace,
+                    name: req.name,
+                    object: obj,
+                    old_object: req.old_object,
+                };
+                let list = |group: &str, plural: &str| -> Vec<Value> {
+                    store
+                        .objects_of(group, plural)
+                        .into_iter()
+                        .cloned()
+                        .collect()
+                };
+                check(&request, &list).map_err(|e| spur_kubeapi::Denial::new(e.to_string()))
+            }),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure

@@ -2,9 +2,8 @@
 //! clients (and kubectl, when installed) see the refusals a cluster with
 //! Spur installed gives.
 //!
-//! [`install`] is the whole adapter from `spur_controller::admission`'s
-//! hooks to `spur-kubeapi`'s admission chain; the hardware harness and the
-//! simulator register the hooks the same way.
+//! The hooks are registered with `spur_controller::admission::install_embedded`
+//! (feature `embedded`), as the simulator registers them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
@@ -17,49 +16,15 @@ use kube::api::{
 };
 use kube::{Client, CustomResourceExt};
 use serde_json::{json, Value};
-use spur_controller::admission::{hooks, Operation, Request, IPPOOL_HOOK, NAD_HOOK};
+use spur_controller::admission::{install_embedded, IPPOOL_HOOK, NAD_HOOK};
 use spur_core::ipamblock::{BlockAllocation, IPAMBlock, IPAMBlockSpec, Owner};
 use spur_core::ippool::{IPPool, IPPoolSpec, IpRange, SubnetInfo};
-use spur_kubeapi::{Admission, ApiServer, Denial};
-
-/// Registers Spur's hooks in an embedded server's admission chain.
-fn install(admission: &mut Admission) {
-    for hook in hooks() {
-        let check = hook.check;
-        admission.add_validator(
-            &hook.name,
-            &hook.group,
-            &hook.plural,
-            Box::new(move |req, obj, store| {
-                let request = Request {
-                    operation: match req.operation {
-                        spur_kubeapi::Operation::Create => Operation::Create,
-                        spur_kubeapi::Operation::Update => Operation::Update,
-                        spur_kubeapi::Operation::Delete => Operation::Delete,
-                    },
-                    subresource: req.subresource,
-                    namespace: req.namespace,
-                    name: req.name,
-                    object: obj,
-                    old_object: req.old_object,
-                };
-                let list = |group: &str, plural: &str| -> Vec<Value> {
-                    store
-                        .objects_of(group, plural)
-                        .into_iter()
-                        .cloned()
-                        .collect()
-                };
-                check(&request, &list).map_err(|e| Denial::new(e.to_string()))
-            }),
-        );
-    }
-}
+use spur_kubeapi::ApiServer;
 
 /// A server with Spur's CRDs and hooks, and a client of it.
 async fn cluster() -> (ApiServer, Client) {
     let server = ApiServer::in_memory();
-    install(server.store().admission_mut());
+    install_embedded(server.store().admission_mut());
     let client = Client::new(server.service(), "default");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in [IPPool::crd(), IPAMBlock::crd()] {
