@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::{json, Value};
@@ -21,7 +22,9 @@ use spur_core::config::AgentConfig;
 use spur_kubeapi::ApiServer;
 use spur_node::agent::cluster::{Cluster, KubeCluster, NETWORK_STATUS_ANNOTATION};
 use spur_node::agent::Agent;
-use spur_node::fake::{FakeLinks, FakeSwitch};
+use spur_node::fake::{
+    FakeLinks, FakeSwitch, FaultHook, FaultPoint, ForeignLink, LinkKind, Op, Step,
+};
 use spur_node::ovsdb::Switch;
 
 use common::{client, fake_agent, nad, pool_with_vlan, server, stored, wait_until, FakeAgent};
@@ -111,19 +114,16 @@ async fn pod(env: &Env, name: &str, networks: &str) {
 
 /// A Pod's sandbox path: a file in a directory of this process, so the
 /// sweep (which checks that the path exists) sees live sandboxes.
+/// The path of `pod`'s sandbox namespace (it exists only in the fake).
 fn netns(pod: &str) -> String {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
-    dir.path().join(pod).display().to_string()
+    format!("/var/run/netns/test-{pod}")
 }
 
 fn sandbox(env: &Env, pod: &str) {
-    std::fs::write(netns(pod), b"").unwrap();
     env.links.add_netns(Path::new(&netns(pod)));
 }
 
 fn kill_sandbox(env: &Env, pod: &str) {
-    let _ = std::fs::remove_file(netns(pod));
     env.links.remove_netns(Path::new(&netns(pod)));
 }
 
@@ -415,7 +415,14 @@ async fn sweep_removes_ports_of_dead_sandboxes_and_deleted_pods_only() {
     // (the agent was down while it happened); "alive" keeps both.
     kill_sandbox(&env, "dead");
     let pods: Api<Pod> = Api::namespaced(client(&env.server), "default");
-    pods.delete("deleted", &Default::default()).await.unwrap();
+    // (Grace period 0: a bound Pod deleted gracefully stays until its
+    // kubelet deletes it; this test plays that final delete.)
+    pods.delete(
+        "deleted",
+        &kube::api::DeleteParams::default().grace_period(0),
+    )
+    .await
+    .unwrap();
     // The sweep trusts the node's cache for Pods it holds (no API read per
     // port): it acts once the deletion has reached the cache.
     wait_until(|| env.cluster.cached_pod("default", "deleted").is_none()).await;
@@ -542,4 +549,156 @@ async fn check_verifies_interface_addresses_and_vlan() {
         .await
         .unwrap_err();
     assert!(e.msg.contains("is on VLAN 101 instead of 100"), "{}", e.msg);
+}
+
+/// Records the fault points the fakes pass; fails the `fail_at`-th one
+/// (counting from 0) when set.
+struct Injector {
+    seen: std::sync::Mutex<Vec<FaultPoint>>,
+    fail_at: Option<usize>,
+}
+
+impl FaultHook for Injector {
+    fn at<'a>(&'a self, point: &'a FaultPoint) -> BoxFuture<'a, Result<(), String>> {
+        let mut seen = self.seen.lock().unwrap();
+        let n = seen.len();
+        seen.push(point.clone());
+        let r = if self.fail_at == Some(n) {
+            Err("injected".to_string())
+        } else {
+            Ok(())
+        };
+        Box::pin(async move { r })
+    }
+}
+
+fn inject(env: &Env, fail_at: Option<usize>) -> Arc<Injector> {
+    let hook = Arc::new(Injector {
+        seen: std::sync::Mutex::new(Vec::new()),
+        fail_at,
+    });
+    env.switch.set_fault_hook(Some(hook.clone()));
+    env.links.set_fault_hook(Some(hook.clone()));
+    hook
+}
+
+/// Nothing of `pod` is on the node or in the API: ports, links (its netns
+/// holds only what the primary CNI made), addresses.
+fn nothing_of(env: &Env, pod: &str) -> Result<(), String> {
+    let ports: Vec<String> = env
+        .switch
+        .access_ports()
+        .into_iter()
+        .filter(|(_, p)| p.external_ids["spur.dev/pod-name"] == pod)
+        .map(|(_, p)| p.name)
+        .collect();
+    let hosts = env.links.snapshot().hosts;
+    let links: Vec<String> = env
+        .links
+        .snapshot()
+        .netns
+        .get(Path::new(&netns(pod)))
+        .map(|l| l.keys().filter(|n| *n != "eth0").cloned().collect())
+        .unwrap_or_default();
+    let held: Vec<_> = stored(&env.server)
+        .into_iter()
+        .filter(|(_, (_, _, o))| o.pod == pod)
+        .collect();
+    if ports.is_empty() && hosts.is_empty() && links.is_empty() && held.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ports {ports:?}, host ends {hosts:?}, links {links:?}, addresses {held:?}"
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_fault_at_any_point_of_an_add_leaves_nothing_behind() {
+    let env = env(ONE_BRIDGE).await;
+    ready(&env).await;
+    let primary = ForeignLink {
+        kind: LinkKind::Primary,
+        mtu: 1500,
+        mac: [0xaa, 0, 0, 0, 0, 2],
+        addresses: vec!["10.244.0.5/24".parse().unwrap()],
+    };
+    let add = |pod: &str| request(Command::Add, pod, chained(), "eth0");
+    // The points one successful ADD passes, in order.
+    pod(&env, "ok", "vlan100").await;
+    wait_pod(&env, "ok").await;
+    sandbox(&env, "ok");
+    env.links
+        .add_foreign_link(Path::new(&netns("ok")), "eth0", primary.clone())
+        .unwrap();
+    let hook = inject(&env, None);
+    env.agent.handle(&add("ok")).await.unwrap();
+    let points: Vec<FaultPoint> = hook.seen.lock().unwrap().clone();
+    let steps: Vec<(Op, Step)> = points.iter().map(|p| (p.op, p.step)).collect();
+    for want in [
+        (Op::AddAccessPort, Step::Start),
+        (Op::AddAccessPort, Step::Reply),
+        (Op::CreateVeth, Step::Start),
+        (Op::CreateVeth, Step::Configure),
+        (Op::CreateVeth, Step::BringUp),
+    ] {
+        assert!(steps.contains(&want), "{want:?} not in {steps:?}");
+    }
+    env.switch.set_fault_hook(None);
+    env.links.set_fault_hook(None);
+    env.agent
+        .handle(&request(Command::Del, "ok", chained(), "eth0"))
+        .await
+        .unwrap();
+    nothing_of(&env, "ok").unwrap();
+
+    // A failure at each of them: the ADD fails naming the fault, and once
+    // it has returned nothing of the Pod is left.
+    let mut leftovers = Vec::new();
+    for (i, point) in points.iter().enumerate() {
+        let name = format!("p{i}");
+        pod(&env, &name, "vlan100").await;
+        wait_pod(&env, &name).await;
+        sandbox(&env, &name);
+        env.links
+            .add_foreign_link(Path::new(&netns(&name)), "eth0", primary.clone())
+            .unwrap();
+        let hook = inject(&env, Some(i));
+        let e = env.agent.handle(&add(&name)).await.unwrap_err();
+        env.switch.set_fault_hook(None);
+        env.links.set_fault_hook(None);
+        let failed = hook.seen.lock().unwrap()[i].clone();
+        assert_eq!((failed.op, failed.step), (point.op, point.step));
+        assert!(
+            e.msg.contains(&format!(
+                "injected fault at {}/{}/{}",
+                match point.backend {
+                    spur_node::fake::Backend::Switch => "switch",
+                    spur_node::fake::Backend::Links => "links",
+                },
+                point.op.name(),
+                point.step.name()
+            )),
+            "{}: {}",
+            point,
+            e.msg
+        );
+        // Including when OVSDB committed the port but its answer was lost
+        // (add_access_port / Reply): the undo knew of the port.
+        if let Err(left) = nothing_of(&env, &name) {
+            leftovers.push(format!("{point}: {left}"));
+        }
+        // The primary CNI's link is never touched.
+        assert!(env
+            .links
+            .pod_link(Path::new(&netns(&name)), "eth0")
+            .is_some());
+        // A DEL (the runtime's clean-up) always clears it.
+        env.agent
+            .handle(&request(Command::Del, &name, chained(), "eth0"))
+            .await
+            .unwrap();
+        nothing_of(&env, &name).unwrap();
+    }
+    assert!(leftovers.is_empty(), "left behind: {leftovers:#?}");
 }

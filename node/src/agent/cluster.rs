@@ -8,6 +8,13 @@
 //! NADs it selects are in memory. A Pod the reflector has not seen yet
 //! (the kubelet may call ADD within milliseconds of the Pod's binding) is
 //! read once with a GET.
+//!
+//! The reflectors restart their watches with a [`WatchBackoff`] seeded
+//! from the seed given to [`KubeCluster::start_with`] (the simulator's
+//! per-agent seed), never with kube-runtime's thread-RNG jitter. The
+//! reflector stores are hash maps with a random order per instance:
+//! nothing here iterates them (lookups by key only); code that ever lists
+//! them must sort before acting.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +28,8 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use serde_json::json;
+
+use crate::watch_backoff::WatchBackoff;
 
 /// The Pod facts the agent needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,8 +154,18 @@ const ALL: u8 = PODS | NADS | NAMESPACES;
 
 impl KubeCluster {
     /// Starts the reflectors (Pods of `node`, every NAD, every Namespace)
-    /// on the current tokio runtime.
+    /// on the current tokio runtime, their restart jitter random per
+    /// process ([`KubeCluster::start_with`] without a seed).
     pub fn start(client: Client, node: &str) -> KubeCluster {
+        KubeCluster::start_with(client, node, None)
+    }
+
+    /// Starts the reflectors (Pods of `node`, every NAD, every Namespace)
+    /// on the current tokio runtime; their watches restart with a
+    /// [`WatchBackoff`] whose jitter is drawn from `seed` (one sequence per
+    /// reflector, derived from `seed` and the resource's name). `None`:
+    /// random per process.
+    pub fn start_with(client: Client, node: &str, seed: Option<u64>) -> KubeCluster {
         let ready = Arc::new(tokio::sync::watch::channel(0u8).0);
         let pod_cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         let (pods, w) = reflector::store::<Pod>();
@@ -155,6 +174,7 @@ impl KubeCluster {
             watcher(Api::<Pod>::all(client.clone()), pod_cfg).reflect(w),
             ready.clone(),
             PODS,
+            seed,
         );
         let ar = nad_resource();
         let w = reflector::store::Writer::<DynamicObject>::new(ar.clone());
@@ -168,6 +188,7 @@ impl KubeCluster {
             .reflect(w),
             ready.clone(),
             NADS,
+            seed,
         );
         let (namespaces, w) = reflector::store::<Namespace>();
         let t3 = spawn_reflector(
@@ -179,6 +200,7 @@ impl KubeCluster {
             .reflect(w),
             ready.clone(),
             NAMESPACES,
+            seed,
         );
         KubeCluster {
             client,
@@ -202,13 +224,15 @@ fn spawn_reflector<K, S>(
     stream: S,
     ready: Arc<tokio::sync::watch::Sender<u8>>,
     bit: u8,
+    seed: Option<u64>,
 ) -> tokio::task::AbortHandle
 where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     K: Send + 'static,
 {
+    let backoff = WatchBackoff::for_watch(seed, what);
     tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream.default_backoff());
+        let mut stream = std::pin::pin!(stream.backoff(backoff));
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(watcher::Event::InitDone) => {

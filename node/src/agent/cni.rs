@@ -39,6 +39,7 @@ use spur_core::Subject;
 use super::{port_external_ids, port_keys, Agent};
 use crate::ipam::{AllocateRequest, Allocated, IpamError};
 use crate::netdev::{RouteSpec, VethSpec};
+use crate::ovsdb::SwitchError;
 
 /// What the runtime's config makes of this call.
 #[derive(Debug)]
@@ -118,7 +119,7 @@ impl Agent {
     /// Serves one request. Never panics on bad input: every failure is a
     /// [`CniError`] with its code.
     pub async fn handle(&self, req: &AgentRequest) -> Result<Value, CniError> {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let res = match req.command {
             Command::Add => self.add(req).await,
             Command::Del => self.del(req).await.map(|()| Value::Null),
@@ -356,20 +357,27 @@ impl Agent {
             &plan.network,
             &c.netns,
         );
-        self.switch
+        // The port is recorded for undo before the call: OVSDB may commit
+        // the transaction and its answer be lost, and a failed ADD must not
+        // leave that port behind. Not when the name belongs to a port that
+        // is not Spur's: removing it would remove someone else's port.
+        let added = self
+            .switch
             .add_access_port(plan.bridge(), &host, plan.vlan(), ids)
-            .await
-            .map_err(|e| {
-                CniError::io(format!(
-                    "network {}: adding port {host} to bridge {}: {e}",
-                    plan.network,
-                    plan.bridge()
-                ))
-            })?;
-        undo.push(Undo::Port {
-            bridge: plan.bridge().to_string(),
-            port: host.clone(),
-        });
+            .await;
+        if !matches!(added, Err(SwitchError::PortConflict { .. })) {
+            undo.push(Undo::Port {
+                bridge: plan.bridge().to_string(),
+                port: host.clone(),
+            });
+        }
+        added.map_err(|e| {
+            CniError::io(format!(
+                "network {}: adding port {host} to bridge {}: {e}",
+                plan.network,
+                plan.bridge()
+            ))
+        })?;
         self.links.create_veth(&spec).await.map_err(|e| {
             CniError::new(
                 if e.is_exists() {

@@ -15,7 +15,16 @@
 //!   and `/readyz` endpoints;
 //! - [`sweep`]: level-driven clean-up of ports whose Pod or sandbox is
 //!   gone (at start, after a restart, and periodically), and of the
-//!   bridges' spec (config changes included).
+//!   bridges' spec (config changes included);
+//! - [`run`]: the agent's start-up sequence and periodic resync, shared by
+//!   the binary and the simulator, with the config's origin a
+//!   [`run::ConfigSource`] (a file, a channel, or fixed).
+//!
+//! Determinism (the simulator runs this code on a paused tokio clock):
+//! time is `tokio::time::Instant`, every `select!` is `biased`, watches
+//! restart with a seeded [`crate::watch_backoff::WatchBackoff`], and
+//! everything that acts on a set (ports, owners, pools) acts in a sorted
+//! order.
 //!
 //! The decisions (what to create, which VLAN, which name, which MAC) are
 //! pure and live in `spur_core::attach`; the switch, the links and the API
@@ -25,6 +34,7 @@
 pub mod cluster;
 pub mod cni;
 pub mod metrics;
+pub mod run;
 pub mod server;
 pub mod sweep;
 

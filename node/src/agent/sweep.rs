@@ -21,30 +21,38 @@ use std::time::Duration;
 use spur_core::attach::host_port_name;
 use spur_core::ipamblock::OwnerKey;
 
+use super::run::ConfigSource;
 use super::{port_keys, Agent};
 use crate::ovsdb::switch::{ROLE_ACCESS, ROLE_KEY};
 use crate::ovsdb::PortInfo;
 
 impl Agent {
     /// Every access port Spur made, on every bridge of the switch, with its
-    /// bridge; and what could not be read (one sentence each).
+    /// bridge, sorted by bridge and port name (so every pass acts in the
+    /// same order); and what could not be read (one sentence each).
     pub(crate) async fn access_ports(&self) -> (Vec<(String, PortInfo)>, Vec<String>) {
         let mut errors = Vec::new();
-        let bridges = self.port_bridges().await.unwrap_or_else(|e| {
+        let mut bridges = self.port_bridges().await.unwrap_or_else(|e| {
             errors.push(e);
             self.bridge_names()
         });
+        bridges.sort();
+        bridges.dedup();
         let mut out = Vec::new();
         for bridge in bridges {
             match self.switch.list_ports(&bridge).await {
-                Ok(ports) => out.extend(
-                    ports
+                Ok(ports) => {
+                    let mut ports: Vec<PortInfo> = ports
                         .into_iter()
                         .filter(|p| {
                             p.external_ids.get(ROLE_KEY).map(String::as_str) == Some(ROLE_ACCESS)
                         })
-                        .map(|p| (bridge.clone(), p)),
-                ),
+                        .collect();
+                    // The switch's order is its own (OVSDB's is a hash
+                    // order): act on ports in name order.
+                    ports.sort_by(|a, b| a.name.cmp(&b.name));
+                    out.extend(ports.into_iter().map(|p| (bridge.clone(), p)));
+                }
                 Err(crate::ovsdb::SwitchError::NoSuchBridge(_)) => {}
                 Err(e) => errors.push(format!("listing ports of bridge {bridge}: {e}")),
             }
@@ -129,7 +137,7 @@ impl Agent {
 
     async fn port_is_stale(&self, ids: &BTreeMap<String, String>) -> Result<bool, String> {
         let netns = ids.get(port_keys::NETNS).map(String::as_str).unwrap_or("");
-        if netns.is_empty() || !Path::new(netns).exists() {
+        if netns.is_empty() || !self.links.netns_exists(Path::new(netns)).await {
             return Ok(true);
         }
         let (Some(ns), Some(name)) = (
@@ -157,37 +165,36 @@ impl Agent {
 }
 
 /// Runs the bridge reconciliation and the stale sweep every `period`
-/// (level-driven: each pass compares the whole state), re-reading the
-/// config file first when `config_file` is given so that a changed
+/// (level-driven: each pass compares the whole state), first taking the
+/// newest config from `source` (see [`ConfigSource`]) so that a changed
 /// `spur-agent.conf` (a ConfigMap update) takes effect without a restart.
+/// Never returns; the first pass runs one `period` after the call.
 pub async fn run_periodic(
     agent: Arc<Agent>,
-    config_file: Option<std::path::PathBuf>,
+    mut source: ConfigSource,
     period: Duration,
-) {
+) -> std::convert::Infallible {
     loop {
         tokio::time::sleep(period).await;
-        if let Some(path) = &config_file {
-            match std::fs::read_to_string(path) {
-                Ok(text) => match spur_core::config::AgentConfig::from_yaml(&text) {
-                    Ok(cfg) => agent.set_config(cfg),
-                    Err(e) => {
-                        tracing::warn!(file = %path.display(), error = %e, "config not reloaded")
-                    }
-                },
-                Err(e) => tracing::warn!(file = %path.display(), error = %e, "config not read"),
-            }
-        }
-        if let Err(e) = agent.ensure_bridges().await {
-            tracing::warn!(error = %e, "bridges not in spec");
-        }
-        match agent.sweep_stale().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "stale Pod ports removed"),
-            Err(e) => tracing::warn!(error = %e, "stale-port sweep failed"),
-        }
-        if let Err(e) = agent.ipam().settle().await {
-            tracing::debug!(error = %e, "IPAM work left over");
-        }
+        resync_once(&agent, &mut source).await;
+    }
+}
+
+/// One pass of [`run_periodic`]: config, bridges, stale ports, IPAM work
+/// left over. Failures are logged; the next pass retries.
+pub async fn resync_once(agent: &Agent, source: &mut ConfigSource) {
+    if let Some(cfg) = source.poll() {
+        agent.set_config(cfg);
+    }
+    if let Err(e) = agent.ensure_bridges().await {
+        tracing::warn!(error = %e, "bridges not in spec");
+    }
+    match agent.sweep_stale().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "stale Pod ports removed"),
+        Err(e) => tracing::warn!(error = %e, "stale-port sweep failed"),
+    }
+    if let Err(e) = agent.ipam().settle().await {
+        tracing::debug!(error = %e, "IPAM work left over");
     }
 }

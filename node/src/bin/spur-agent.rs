@@ -129,15 +129,12 @@ async fn show(kubeconfig: Option<PathBuf>, pool: &str) -> Result<String, String>
 
 async fn run(kubeconfig: Option<PathBuf>, args: RunArgs) -> Result<(), String> {
     use spur_core::config::AgentConfig;
+    use spur_node::agent::run::ConfigSource;
     use spur_node::agent::{self, cluster::KubeCluster, Agent, AgentSettings};
     use std::sync::Arc;
 
     let config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("reading {}: {e}", path.display()))?;
-            AgentConfig::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
+        Some(path) => agent::run::read_config_file(path)?,
         None => AgentConfig::from_yaml("{}").map_err(|e| e.to_string())?,
     };
     let socket = args
@@ -198,35 +195,51 @@ async fn run(kubeconfig: Option<PathBuf>, args: RunArgs) -> Result<(), String> {
         }
         None => None,
     };
-    tracing::info!(node = %args.node_name, "waiting for the API caches");
-    cluster.wait_ready().await;
-    agent.ipam().cache().wait_ready().await;
-    if let Err(e) = agent.ensure_bridges().await {
-        tracing::error!(error = %e, "secondary bridges not set up; retrying every resync");
-    }
-    match agent.sweep_stale().await {
-        Ok(n) => tracing::info!(removed = n, "state rebuilt from OVSDB and the API"),
-        Err(e) => tracing::warn!(error = %e, "stale-port sweep failed; retrying every resync"),
-    }
-    let listener = agent::server::bind(&socket).map_err(|e| e.to_string())?;
-    tracing::info!(socket = %socket.display(), "serving the spur CNI plugin");
-    let periodic = tokio::spawn(agent::sweep::run_periodic(
-        agent.clone(),
-        args.config.clone(),
-        std::time::Duration::from_secs(args.resync_seconds.max(1)),
-    ));
-    let server = tokio::spawn(agent::server::serve(listener, agent.clone()));
+    let source = match &args.config {
+        Some(path) => ConfigSource::File(path.clone()),
+        None => ConfigSource::Fixed,
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("installing the SIGTERM handler: {e}"))?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+    // The CNI socket is bound once the agent has started up (caches
+    // listed, bridges ensured, stale ports swept): until then the plugin
+    // cannot connect and reports "try again later".
+    let mut server = None;
+    let serve = || -> Result<(), String> {
+        let listener = agent::server::bind(&socket).map_err(|e| e.to_string())?;
+        tracing::info!(socket = %socket.display(), "serving the spur CNI plugin");
+        server = Some(tokio::spawn(agent::server::serve(listener, agent.clone())));
+        Ok(())
+    };
+    let running = agent::run::run(
+        agent.clone(),
+        cluster.wait_ready(),
+        source,
+        std::time::Duration::from_secs(args.resync_seconds.max(1)),
+        serve,
+    );
+    // Signals first: a stop asked for wins over anything else ready.
+    let failed = tokio::select! {
+        biased;
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: stopping");
+            None
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted: stopping");
+            None
+        }
+        e = running => Some(e),
+    };
+    if let Some(s) = server {
+        s.abort();
     }
-    server.abort();
-    periodic.abort();
     if let Some(m) = metrics {
         m.abort();
     }
     let _ = std::fs::remove_file(&socket);
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

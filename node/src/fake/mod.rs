@@ -1,383 +1,314 @@
 //! In-memory stand-ins for the agent's system boundaries: a switch
-//! ([`FakeSwitch`], for [`crate::ovsdb::Switch`]) and Pod links
-//! ([`FakeLinks`], for [`crate::netdev::PodLinks`]). The agent's tests and
-//! the simulator run the real agent logic over them; they keep what was
-//! created so tests can assert on it, and can be told to fail.
+//! ([`FakeSwitch`], for [`crate::ovsdb::Switch`], modelling ovsdb-server)
+//! and Pod links ([`FakeLinks`], for [`crate::netdev::PodLinks`], modelling
+//! the kernel's network namespaces and links). The agent's tests and the
+//! simulator run the real agent logic over them; they keep what was
+//! created so tests and the simulator can read it back
+//! ([`FakeSwitch::snapshot`], [`FakeLinks::snapshot`]), and can be told to
+//! fail, stall or crash at named points ([`FaultHook`], [`FaultPoint`]).
 //!
 //! They model the rules the real implementations follow (a port name is
 //! unique per switch, a link name per namespace, removing what is absent
-//! is not an error), not their performance or packets.
+//! is not an error, an OVSDB transaction is all or nothing, a veth is
+//! created, configured and brought up in steps and rolled back on
+//! failure), not their performance or packets. Every operation is
+//! O(log n) in the number of ports / links (listing a bridge's ports is
+//! O(ports of that bridge)); the state lock is never held across an
+//! await.
+//!
+//! # Fault points
+//!
+//! With a hook installed ([`FakeSwitch::set_fault_hook`],
+//! [`FakeLinks::set_fault_hook`]) every trait method consults it at
+//! [`Step::Start`], before it looks at or changes anything, and the
+//! multi-step operations consult it again between their steps:
+//!
+//! | back end | operation | steps, in order |
+//! | --- | --- | --- |
+//! | switch | `ensure_bridge`, `add_access_port`, `remove_port` | `Start`, (the transaction commits), `Reply` |
+//! | switch | `list_ports`, `list_bridges` | `Start` |
+//! | links | `create_veth` | `Start`, (pair created), `Configure`, (Pod end configured), `BringUp`, (up, routes added); on a failure after the pair exists: `Rollback`, (pair deleted) |
+//! | links | `delete_host_link`, `delete_pod_link`, `inspect_pod_link`, `host_link`, `host_addresses` | `Start` |
+//!
+//! A hook answering `Err` at a point makes the operation fail there with
+//! an error naming the injected fault ([`SwitchError::Backend`],
+//! [`NetdevError::Backend`]), leaving the state the real back end leaves:
+//! - switch, `Start`: nothing changed; `Reply`: the transaction committed
+//!   but its answer was lost (the connection dropped), so the change is in
+//!   and the caller sees an error;
+//! - `create_veth`, `Start`: nothing created; `Configure` / `BringUp`:
+//!   the pair is deleted (the real implementation's rollback, itself
+//!   preceded by the `Rollback` point) and the error returned; `Rollback`:
+//!   the rollback fails too, so the pair stays, half made (Pod end down,
+//!   without addresses after a `Configure` failure; configured but down
+//!   after a `BringUp` one), for the agent's sweep to remove.
+//!
+//! A hook that never returns models a crash of the agent at that point:
+//! the simulator drops the future, and the state stays exactly as it was
+//! when the hook was called (e.g. after `Configure` was reached, a pair
+//! whose Pod end is down and has no address). The real `create_veth`
+//! cleans up after a caller that goes away while the agent lives on (a
+//! timeout); that case is not modelled: a dropped future is a crash.
+//!
+//! A hook that sleeps delays the operation by that (simulated) time.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+mod links;
+mod switch;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use ipnet::IpNet;
 
-use crate::netdev::{CreatedVeth, HostLinkState, NetdevError, PodLinkState, PodLinks, VethSpec};
-use crate::ovsdb::switch::{ROLE_ACCESS, ROLE_KEY};
-use crate::ovsdb::{BridgeSpec, PortInfo, Switch, SwitchError};
+pub use links::{FakeLinks, ForeignLink, HostEnd, LinkKind, LinksSnapshot, NicState, PodLink};
+pub use switch::{BridgeSnapshot, FakeSwitch, SwitchSnapshot};
 
-#[derive(Debug, Default)]
-struct SwitchState {
-    bridges: BTreeMap<String, BridgeSpec>,
-    ports: BTreeMap<String, (String, PortInfo)>,
-    next_ofport: i64,
-    fail_add_port: BTreeSet<String>,
+#[cfg(doc)]
+use crate::netdev::NetdevError;
+#[cfg(doc)]
+use crate::ovsdb::SwitchError;
+
+/// Which back end a [`FaultPoint`] belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Backend {
+    /// [`FakeSwitch`] (ovsdb-server).
+    Switch,
+    /// [`FakeLinks`] (the kernel).
+    Links,
 }
 
-/// A switch in memory.
-#[derive(Debug, Default)]
-pub struct FakeSwitch {
-    state: Mutex<SwitchState>,
+/// The trait method a [`FaultPoint`] is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Op {
+    /// `Switch::ensure_bridge`.
+    EnsureBridge,
+    /// `Switch::add_access_port`.
+    AddAccessPort,
+    /// `Switch::remove_port`.
+    RemovePort,
+    /// `Switch::list_ports`.
+    ListPorts,
+    /// `Switch::list_bridges`.
+    ListBridges,
+    /// `PodLinks::create_veth`.
+    CreateVeth,
+    /// `PodLinks::delete_host_link`.
+    DeleteHostLink,
+    /// `PodLinks::delete_pod_link`.
+    DeletePodLink,
+    /// `PodLinks::inspect_pod_link`.
+    InspectPodLink,
+    /// `PodLinks::host_link`.
+    HostLink,
+    /// `PodLinks::host_addresses`.
+    HostAddresses,
 }
 
-impl FakeSwitch {
-    /// An empty switch.
-    pub fn new() -> FakeSwitch {
-        FakeSwitch::default()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, SwitchState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The bridges ensured so far.
-    pub fn bridges(&self) -> BTreeMap<String, BridgeSpec> {
-        self.lock().bridges.clone()
-    }
-
-    /// Every access port, as (bridge, port).
-    pub fn access_ports(&self) -> Vec<(String, PortInfo)> {
-        self.lock()
-            .ports
-            .values()
-            .filter(|(_, p)| p.external_ids.get(ROLE_KEY).map(String::as_str) == Some(ROLE_ACCESS))
-            .cloned()
-            .collect()
-    }
-
-    /// Makes adding the port `name` fail (a switch that refuses it).
-    pub fn fail_port(&self, name: &str) {
-        self.lock().fail_add_port.insert(name.to_string());
-    }
-}
-
-impl Switch for FakeSwitch {
-    fn ensure_bridge<'a>(&'a self, spec: &'a BridgeSpec) -> BoxFuture<'a, Result<(), SwitchError>> {
-        Box::pin(async move {
-            self.lock().bridges.insert(spec.name.clone(), spec.clone());
-            Ok(())
-        })
-    }
-
-    fn add_access_port<'a>(
-        &'a self,
-        bridge: &'a str,
-        port: &'a str,
-        vlan_tag: u16,
-        mut external_ids: BTreeMap<String, String>,
-    ) -> BoxFuture<'a, Result<(), SwitchError>> {
-        Box::pin(async move {
-            let mut s = self.lock();
-            if !s.bridges.contains_key(bridge) {
-                return Err(SwitchError::NoSuchBridge(bridge.to_string()));
-            }
-            if vlan_tag > 4094 {
-                return Err(SwitchError::InvalidVlan(vlan_tag));
-            }
-            if s.fail_add_port.contains(port) {
-                return Err(SwitchError::Backend(format!(
-                    "injected failure adding {port}"
-                )));
-            }
-            if let Some((b, _)) = s.ports.get(port) {
-                if b != bridge {
-                    return Err(SwitchError::PortConflict {
-                        port: port.to_string(),
-                        bridge: bridge.to_string(),
-                    });
-                }
-            }
-            s.next_ofport += 1;
-            let ofport = s.next_ofport;
-            external_ids.insert(ROLE_KEY.to_string(), ROLE_ACCESS.to_string());
-            s.ports.insert(
-                port.to_string(),
-                (
-                    bridge.to_string(),
-                    PortInfo {
-                        name: port.to_string(),
-                        tag: vlan_tag,
-                        external_ids,
-                        ofport: Some(ofport),
-                    },
-                ),
-            );
-            Ok(())
-        })
-    }
-
-    fn remove_port<'a>(
-        &'a self,
-        bridge: &'a str,
-        port: &'a str,
-    ) -> BoxFuture<'a, Result<bool, SwitchError>> {
-        Box::pin(async move {
-            let mut s = self.lock();
-            match s.ports.get(port) {
-                Some((b, _)) if b == bridge => Ok(s.ports.remove(port).is_some()),
-                _ => Ok(false),
-            }
-        })
-    }
-
-    fn list_ports<'a>(
-        &'a self,
-        bridge: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<PortInfo>, SwitchError>> {
-        Box::pin(async move {
-            let s = self.lock();
-            if !s.bridges.contains_key(bridge) {
-                return Err(SwitchError::NoSuchBridge(bridge.to_string()));
-            }
-            Ok(s.ports
-                .values()
-                .filter(|(b, _)| b == bridge)
-                .map(|(_, p)| p.clone())
-                .collect())
-        })
-    }
-
-    fn list_bridges(&self) -> BoxFuture<'_, Result<Vec<String>, SwitchError>> {
-        Box::pin(async move { Ok(self.lock().bridges.keys().cloned().collect()) })
-    }
-}
-
-/// A Pod end as [`FakeLinks`] keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FakePodLink {
-    /// The host end's name.
-    pub host: String,
-    /// MTU.
-    pub mtu: u32,
-    /// MAC.
-    pub mac: [u8; 6],
-    /// Addresses.
-    pub addresses: Vec<IpNet>,
-}
-
-#[derive(Debug, Default)]
-struct LinksState {
-    /// Network namespaces that exist.
-    netns: BTreeSet<PathBuf>,
-    /// (netns, ifname) -> Pod end.
-    pod: BTreeMap<(PathBuf, String), FakePodLink>,
-    /// host name -> (netns, ifname).
-    host: BTreeMap<String, (PathBuf, String)>,
-    next_index: u32,
-    fail_create: BTreeSet<String>,
-    /// Interfaces of the agent's netns that are not Pods' (NICs), with
-    /// their addresses.
-    nics: BTreeMap<String, Vec<IpNet>>,
-}
-
-/// Pod links in memory; network namespaces exist once added with
-/// [`FakeLinks::add_netns`].
-#[derive(Debug, Default)]
-pub struct FakeLinks {
-    state: Mutex<LinksState>,
-}
-
-impl FakeLinks {
-    /// No namespaces, no links.
-    pub fn new() -> FakeLinks {
-        FakeLinks::default()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, LinksState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A Pod network namespace appears (the runtime made a sandbox).
-    pub fn add_netns(&self, path: &Path) {
-        self.lock().netns.insert(path.to_path_buf());
-    }
-
-    /// A namespace disappears with every link in it (the sandbox died).
-    pub fn remove_netns(&self, path: &Path) {
-        let mut s = self.lock();
-        s.netns.remove(path);
-        let gone: Vec<(PathBuf, String)> =
-            s.pod.keys().filter(|(n, _)| n == path).cloned().collect();
-        for k in gone {
-            if let Some(l) = s.pod.remove(&k) {
-                s.host.remove(&l.host);
-            }
+impl Op {
+    /// The method's name, e.g. `create_veth`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::EnsureBridge => "ensure_bridge",
+            Op::AddAccessPort => "add_access_port",
+            Op::RemovePort => "remove_port",
+            Op::ListPorts => "list_ports",
+            Op::ListBridges => "list_bridges",
+            Op::CreateVeth => "create_veth",
+            Op::DeleteHostLink => "delete_host_link",
+            Op::DeletePodLink => "delete_pod_link",
+            Op::InspectPodLink => "inspect_pod_link",
+            Op::HostLink => "host_link",
+            Op::HostAddresses => "host_addresses",
         }
     }
 
-    /// Makes creating a link whose Pod end is `ifname` fail.
-    pub fn fail_create(&self, ifname: &str) {
-        self.lock().fail_create.insert(ifname.to_string());
-    }
-
-    /// A NIC of the node (in the agent's netns) with `addresses`.
-    pub fn add_nic(&self, name: &str, addresses: &[IpNet]) {
-        self.lock()
-            .nics
-            .insert(name.to_string(), addresses.to_vec());
-    }
-
-    /// Every host end that exists.
-    pub fn host_links(&self) -> Vec<String> {
-        self.lock().host.keys().cloned().collect()
-    }
-
-    /// The Pod end `ifname` in `netns`.
-    pub fn pod_link(&self, netns: &Path, ifname: &str) -> Option<FakePodLink> {
-        self.lock()
-            .pod
-            .get(&(netns.to_path_buf(), ifname.to_string()))
-            .cloned()
+    /// The back end the method belongs to.
+    pub fn backend(self) -> Backend {
+        match self {
+            Op::EnsureBridge
+            | Op::AddAccessPort
+            | Op::RemovePort
+            | Op::ListPorts
+            | Op::ListBridges => Backend::Switch,
+            _ => Backend::Links,
+        }
     }
 }
 
-impl PodLinks for FakeLinks {
-    fn create_veth<'a>(
-        &'a self,
-        spec: &'a VethSpec,
-    ) -> BoxFuture<'a, Result<CreatedVeth, NetdevError>> {
-        Box::pin(async move {
-            let mut s = self.lock();
-            spec.validate()?;
-            if s.fail_create.contains(&spec.ifname) {
-                return Err(NetdevError::Backend(format!(
-                    "injected failure creating {}",
-                    spec.ifname
-                )));
-            }
-            if !s.netns.contains(&spec.netns) {
-                return Err(NetdevError::NetnsNotFound {
-                    netns: spec.netns.clone(),
-                });
-            }
-            let key = (spec.netns.clone(), spec.ifname.clone());
-            if s.pod.contains_key(&key) {
-                return Err(NetdevError::PodLinkExists {
-                    netns: spec.netns.clone(),
-                    ifname: spec.ifname.clone(),
-                });
-            }
-            if s.host.contains_key(&spec.host_name) {
-                return Err(NetdevError::HostLinkExists {
-                    host_name: spec.host_name.clone(),
-                });
-            }
-            s.next_index += 1;
-            let index = s.next_index;
-            s.host.insert(spec.host_name.clone(), key.clone());
-            s.pod.insert(
-                key,
-                FakePodLink {
-                    host: spec.host_name.clone(),
-                    mtu: spec.mtu,
-                    mac: spec.mac,
-                    addresses: spec.addresses.clone(),
-                },
-            );
-            Ok(CreatedVeth {
-                host_index: index,
-                mac: spec.mac,
-            })
-        })
+/// Where in an operation a [`FaultPoint`] is (see the module doc for
+/// which operation has which steps and what a failure at each leaves).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Step {
+    /// Before the operation looks at or changes anything.
+    Start,
+    /// Switch writes: the transaction has committed, its answer is on its
+    /// way back.
+    Reply,
+    /// `create_veth`: the pair exists (host end up, Pod end down without
+    /// addresses); the Pod end is about to be configured.
+    Configure,
+    /// `create_veth`: the Pod end has its addresses; it is about to come
+    /// up and get its routes.
+    BringUp,
+    /// `create_veth`: a step failed; the pair is about to be deleted.
+    Rollback,
+}
+
+impl Step {
+    /// The step's name, e.g. `configure`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Start => "start",
+            Step::Reply => "reply",
+            Step::Configure => "configure",
+            Step::BringUp => "bring-up",
+            Step::Rollback => "rollback",
+        }
+    }
+}
+
+/// What an operation concerns (the fields that apply are set).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Subject {
+    /// The bridge (switch operations on a bridge).
+    pub bridge: Option<String>,
+    /// The port (`add_access_port`, `remove_port`).
+    pub port: Option<String>,
+    /// The Pod netns (`create_veth`, `delete_pod_link`,
+    /// `inspect_pod_link`).
+    pub netns: Option<PathBuf>,
+    /// The interface: the Pod end's name (`create_veth`,
+    /// `delete_pod_link`, `inspect_pod_link`) or the name in the agent's
+    /// netns (`delete_host_link`, `host_link`, `host_addresses`).
+    pub ifname: Option<String>,
+    /// `create_veth`: the host end's name.
+    pub host: Option<String>,
+}
+
+/// A point where a [`FaultHook`] is consulted.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FaultPoint {
+    /// The back end.
+    pub backend: Backend,
+    /// The operation.
+    pub op: Op,
+    /// The step within it.
+    pub step: Step,
+    /// What it concerns.
+    pub subject: Subject,
+}
+
+impl FaultPoint {
+    pub(crate) fn new(op: Op, step: Step, subject: Subject) -> FaultPoint {
+        FaultPoint {
+            backend: op.backend(),
+            op,
+            step,
+            subject,
+        }
     }
 
-    fn delete_host_link<'a>(
-        &'a self,
-        host_name: &'a str,
-    ) -> BoxFuture<'a, Result<bool, NetdevError>> {
-        Box::pin(async move {
-            let mut s = self.lock();
-            match s.host.remove(host_name) {
-                Some(key) => {
-                    s.pod.remove(&key);
-                    Ok(true)
-                }
-                None => Ok(false),
-            }
+    pub(crate) fn at(&self, step: Step) -> FaultPoint {
+        FaultPoint {
+            step,
+            ..self.clone()
+        }
+    }
+}
+
+impl fmt::Display for FaultPoint {
+    /// E.g. `links/create_veth/configure netns=/run/netns/p ifname=eth1
+    /// host=veth1234`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let backend = match self.backend {
+            Backend::Switch => "switch",
+            Backend::Links => "links",
+        };
+        write!(f, "{backend}/{}/{}", self.op.name(), self.step.name())?;
+        let s = &self.subject;
+        if let Some(b) = &s.bridge {
+            write!(f, " bridge={b}")?;
+        }
+        if let Some(p) = &s.port {
+            write!(f, " port={p}")?;
+        }
+        if let Some(n) = &s.netns {
+            write!(f, " netns={}", n.display())?;
+        }
+        if let Some(i) = &s.ifname {
+            write!(f, " ifname={i}")?;
+        }
+        if let Some(h) = &s.host {
+            write!(f, " host={h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the owner of a fake installs to inject latency, failures and
+/// crashes: consulted at every [`FaultPoint`]. `Ok` lets the operation go
+/// on, `Err(why)` fails it there (the error names the point and `why`);
+/// the future may sleep first (latency) or never complete (a crash: the
+/// caller's future is dropped while it waits).
+pub trait FaultHook: Send + Sync {
+    /// Decides what happens at `point`.
+    fn at<'a>(&'a self, point: &'a FaultPoint) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// A [`FaultHook`] from a function that answers at once.
+pub struct FnHook<F>(pub F);
+
+impl<F> FaultHook for FnHook<F>
+where
+    F: Fn(&FaultPoint) -> Result<(), String> + Send + Sync,
+{
+    fn at<'a>(&'a self, point: &'a FaultPoint) -> BoxFuture<'a, Result<(), String>> {
+        let r = (self.0)(point);
+        Box::pin(async move { r })
+    }
+}
+
+/// `Arc`'d [`FnHook`] of `f`, ready for `set_fault_hook`.
+pub fn hook_fn(
+    f: impl Fn(&FaultPoint) -> Result<(), String> + Send + Sync + 'static,
+) -> Arc<dyn FaultHook> {
+    Arc::new(FnHook(f))
+}
+
+/// The hook slot both fakes hold.
+#[derive(Default)]
+pub(crate) struct HookSlot(std::sync::Mutex<Option<Arc<dyn FaultHook>>>);
+
+impl fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.get().is_some() {
+            "HookSlot(installed)"
+        } else {
+            "HookSlot(none)"
         })
     }
+}
 
-    fn delete_pod_link<'a>(
-        &'a self,
-        netns: &'a Path,
-        ifname: &'a str,
-    ) -> BoxFuture<'a, Result<bool, NetdevError>> {
-        Box::pin(async move {
-            let mut s = self.lock();
-            match s.pod.remove(&(netns.to_path_buf(), ifname.to_string())) {
-                Some(l) => {
-                    s.host.remove(&l.host);
-                    Ok(true)
-                }
-                None => Ok(false),
-            }
-        })
+impl HookSlot {
+    pub(crate) fn set(&self, hook: Option<Arc<dyn FaultHook>>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = hook;
     }
 
-    fn inspect_pod_link<'a>(
-        &'a self,
-        netns: &'a Path,
-        ifname: &'a str,
-    ) -> BoxFuture<'a, Result<Option<PodLinkState>, NetdevError>> {
-        Box::pin(async move {
-            if !self.lock().netns.contains(netns) {
-                return Err(NetdevError::NetnsNotFound {
-                    netns: netns.to_path_buf(),
-                });
-            }
-            Ok(self.pod_link(netns, ifname).map(|l| PodLinkState {
-                index: 0,
-                mac: Some(l.mac),
-                mtu: l.mtu,
-                up: true,
-                addresses: l.addresses,
-                is_veth: true,
-                peer_index: None,
-                routes: Vec::new(),
-            }))
-        })
+    fn get(&self) -> Option<Arc<dyn FaultHook>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn host_addresses<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Vec<IpNet>>, NetdevError>> {
-        Box::pin(async move {
-            let s = self.lock();
-            if let Some(a) = s.nics.get(name) {
-                return Ok(Some(a.clone()));
-            }
-            Ok(s.host.contains_key(name).then(Vec::new))
-        })
-    }
-
-    fn host_link<'a>(
-        &'a self,
-        host_name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<HostLinkState>, NetdevError>> {
-        Box::pin(async move {
-            let s = self.lock();
-            Ok(s.host
-                .get(host_name)
-                .and_then(|k| s.pod.get(k))
-                .map(|l| HostLinkState {
-                    index: 0,
-                    up: true,
-                    mtu: l.mtu,
-                }))
-        })
+    /// Consults the hook at `point`: `Err(text)` naming the point when it
+    /// injects a failure. Without a hook, succeeds without yielding.
+    pub(crate) async fn check(&self, point: &FaultPoint) -> Result<(), String> {
+        let Some(hook) = self.get() else {
+            return Ok(());
+        };
+        hook.at(point)
+            .await
+            .map_err(|why| format!("injected fault at {point}: {why}"))
     }
 }

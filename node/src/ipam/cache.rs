@@ -11,8 +11,12 @@
 //! Invalid pools are skipped with a warning; malformed blocks are
 //! quarantined: their window counts as claimed and full, so nothing is
 //! planned into them, and writes to them are refused.
+//!
+//! Deterministic for the simulator: the index is ordered (BTreeMap), and
+//! the watches restart with a [`WatchBackoff`] seeded from the seed given
+//! to [`IpamCache::start_with`] (the [`super::IpamConfig`]'s seed).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
@@ -28,6 +32,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::versioned::{Change, VersionedMap};
+use crate::watch_backoff::WatchBackoff;
 
 /// One valid pool: its blocks as the allocator sees them.
 #[derive(Debug, Clone)]
@@ -91,7 +96,7 @@ fn window_base(obj: &IPAMBlock, family: Family) -> Option<u128> {
 pub(crate) struct CacheState {
     pools: VersionedMap<IPPool>,
     blocks: VersionedMap<IPAMBlock>,
-    index: HashMap<String, PoolIndex>,
+    index: BTreeMap<String, PoolIndex>,
 }
 
 impl CacheState {
@@ -104,9 +109,7 @@ impl CacheState {
     }
 
     pub(crate) fn pool_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.index.keys().cloned().collect();
-        v.sort();
-        v
+        self.index.keys().cloned().collect()
     }
 
     pub(crate) fn apply_pool(&mut self, obj: IPPool) {
@@ -295,14 +298,30 @@ impl std::fmt::Debug for IpamCache {
 impl IpamCache {
     /// Starts the IPPool and IPAMBlock watchers on the current tokio
     /// runtime (call it from within one). The cache is usable at once and
-    /// complete after [`IpamCache::wait_ready`].
+    /// complete after [`IpamCache::wait_ready`]. The watches' restart
+    /// jitter is random per process ([`IpamCache::start_with`] without a
+    /// seed).
     pub fn start(client: Client) -> IpamCache {
+        IpamCache::start_with(client, None)
+    }
+
+    /// [`IpamCache::start`] with the watches' restart jitter drawn from
+    /// `seed` (one [`WatchBackoff`] per watch, derived from `seed`).
+    pub fn start_with(client: Client, seed: Option<u64>) -> IpamCache {
         let core = Arc::new(Core {
             state: RwLock::new(CacheState::default()),
             listed: watch::channel(0).0,
         });
-        let pools = tokio::spawn(watch_pools(Api::all(client.clone()), core.clone()));
-        let blocks = tokio::spawn(watch_blocks(Api::all(client), core.clone()));
+        let pools = tokio::spawn(watch_pools(
+            Api::all(client.clone()),
+            core.clone(),
+            WatchBackoff::for_watch(seed, "ippools"),
+        ));
+        let blocks = tokio::spawn(watch_blocks(
+            Api::all(client),
+            core.clone(),
+            WatchBackoff::for_watch(seed, "ipamblocks"),
+        ));
         IpamCache {
             handle: Arc::new(Handle {
                 core,
@@ -417,9 +436,9 @@ impl Core {
     }
 }
 
-async fn watch_pools(api: Api<IPPool>, core: Arc<Core>) {
+async fn watch_pools(api: Api<IPPool>, core: Arc<Core>, backoff: WatchBackoff) {
     let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(backoff)
         .boxed();
     while let Some(ev) = events.next().await {
         match ev {
@@ -436,9 +455,9 @@ async fn watch_pools(api: Api<IPPool>, core: Arc<Core>) {
     }
 }
 
-async fn watch_blocks(api: Api<IPAMBlock>, core: Arc<Core>) {
+async fn watch_blocks(api: Api<IPAMBlock>, core: Arc<Core>, backoff: WatchBackoff) {
     let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(backoff)
         .boxed();
     while let Some(ev) = events.next().await {
         match ev {

@@ -1,5 +1,10 @@
 //! Async mutexes by key (one per pool, one per owner), created on first use
 //! and dropped when nobody holds or waits for them.
+//!
+//! The map is only ever looked up by key, never iterated, so its hash
+//! order cannot reach the order of API writes (the simulator's
+//! determinism rule); who gets a contended lock next is tokio's FIFO
+//! order of waiters.
 
 use std::collections::HashMap;
 use std::hash::Hash;

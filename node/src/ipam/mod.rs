@@ -61,7 +61,8 @@ pub struct IpamConfig {
     pub request_timeout: Duration,
     /// How writes are retried.
     pub retry: RetryPolicy,
-    /// Seed of the jitter RNG (`None`: random per process).
+    /// Seed of the jitter RNG of the writes' retries and of the cache's
+    /// watch restarts (`None`: random per process).
     pub seed: Option<u64>,
 }
 
@@ -429,9 +430,10 @@ impl Ipam {
     }
 
     /// An allocator with its own cache (started, not waited for: calls
-    /// wait for it within their bound).
+    /// wait for it within their bound). Its watches restart with jitter
+    /// drawn from `config.seed`.
     pub fn start(client: Client, config: IpamConfig) -> Ipam {
-        let cache = IpamCache::start(client.clone());
+        let cache = IpamCache::start_with(client.clone(), config.seed);
         Ipam::new(client, cache, config)
     }
 

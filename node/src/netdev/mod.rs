@@ -265,6 +265,16 @@ pub trait PodLinks: Send + Sync {
         &'a self,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<Vec<IpNet>>, NetdevError>>;
+
+    /// True while the sandbox's network namespace `netns` (the path the
+    /// runtime gave in the CNI call) is still there; the stale-port sweep
+    /// asks it of every Pod port. The default looks at the file system
+    /// (the runtime's bind mount of the namespace), which is what the real
+    /// links do; an in-memory implementation (the simulator's) answers
+    /// from its own state instead.
+    fn netns_exists<'a>(&'a self, netns: &'a Path) -> BoxFuture<'a, bool> {
+        Box::pin(async move { netns.exists() })
+    }
 }
 
 #[cfg(test)]

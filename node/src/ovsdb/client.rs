@@ -23,7 +23,7 @@
 //! cancellations are written by spawned tasks), so a slow writer cannot
 //! stall reading.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -153,8 +153,8 @@ struct Shared {
     cfg: ClientConfig,
     next_id: AtomicU64,
     reconnects: AtomicU64,
-    pending: Mutex<HashMap<u64, Pending>>,
-    monitors: Mutex<HashMap<String, MonitorReg>>,
+    pending: Mutex<BTreeMap<u64, Pending>>,
+    monitors: Mutex<BTreeMap<String, MonitorReg>>,
     writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
     connected: watch::Sender<bool>,
 }
@@ -199,8 +199,8 @@ impl Client {
             cfg,
             next_id: AtomicU64::new(1),
             reconnects: AtomicU64::new(0),
-            pending: Mutex::new(HashMap::new()),
-            monitors: Mutex::new(HashMap::new()),
+            pending: Mutex::new(BTreeMap::new()),
+            monitors: Mutex::new(BTreeMap::new()),
             writer: tokio::sync::Mutex::new(None),
             connected,
         });
@@ -428,12 +428,14 @@ async fn supervise(shared: Arc<Shared>, first: UnixStream, mut shutdown: watch::
             *writer = Some(wr);
         }
         shared.connected.send_replace(true);
+        // A shutdown wins over what the connection has to say.
         let reason = tokio::select! {
-            reason = read_loop(&shared, rd) => reason,
+            biased;
             _ = shutdown.changed() => {
                 teardown(&shared, false).await;
                 break;
             }
+            reason = read_loop(&shared, rd) => reason,
         };
         warn!(socket = %shared.cfg.socket.display(), %reason, "OVSDB connection lost; reconnecting");
         teardown(&shared, true).await;
@@ -449,7 +451,9 @@ async fn supervise(shared: Arc<Shared>, first: UnixStream, mut shutdown: watch::
 async fn teardown(shared: &Shared, lost: bool) {
     shared.connected.send_replace(false);
     *shared.writer.lock().await = None;
-    let pending: Vec<Pending> = lock(&shared.pending).drain().map(|(_, p)| p).collect();
+    let pending: Vec<Pending> = std::mem::take(&mut *lock(&shared.pending))
+        .into_values()
+        .collect();
     for p in pending {
         if let Pending::Caller { method, tx, .. } = p {
             let err = if lost {
@@ -484,9 +488,11 @@ async fn reconnect(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Opt
                 }
             }
         }
+        // A shutdown wins over the retry timer.
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            biased;
             changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return None },
+            _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(shared.cfg.backoff_max);
     }
