@@ -30,8 +30,13 @@
 //!   under another container ID that first appeared in a *later* round
 //!   than this one. The kubelet runs one sandbox per Pod and stops the
 //!   old one before it creates a new one, so the older container's
-//!   address is unused. Two container IDs first seen in the same round are
-//!   left alone: which one is newer is not known.
+//!   address is unused. When both were first seen in the same round (a
+//!   new leader starts with no memory, so after a failover that is the
+//!   usual case), the Pod's `k8s.v1.cni.cncf.io/network-status` annotation
+//!   decides: if the addresses it reports for the interface are exactly
+//!   those of the other container, and none of this one's, this one is the
+//!   replaced sandbox. An annotation that matches neither (an ADD in
+//!   flight) decides nothing.
 //! - **StatefulSet owner**: the StatefulSet is gone, or its ordinal is
 //!   outside `[start, start + replicas)` (`spec.ordinals.start`, default 0;
 //!   `spec.replicas`, default 1) — *and* no Pod named after the ordinal
@@ -66,6 +71,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -74,7 +80,11 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use spur_core::config::{ControllerConfig, DEFAULT_GC_INTERVAL_SECONDS};
+use spur_core::ipam::address;
 use spur_core::ipamblock::{IPAMBlock, Owner, OwnerKind};
+use spur_core::pool::Family;
+use spur_core::status::{self, NETWORK_STATUS_ANNOTATION};
+use spur_core::Subject;
 
 /// Page size of the lists a round makes.
 const PAGE: u32 = 500;
@@ -88,15 +98,39 @@ pub struct PodView {
     pub name: String,
     /// `metadata.uid` (empty when the API did not give one).
     pub uid: String,
+    /// The addresses its network-status annotation reports, by interface
+    /// (empty without a readable annotation): what its current sandbox got.
+    pub reported: BTreeMap<String, BTreeSet<IpAddr>>,
 }
 
 impl PodView {
     /// The view of a Pod object.
     pub fn of(pod: &Pod) -> PodView {
+        let namespace = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        let reported = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(NETWORK_STATUS_ANNOTATION))
+            .and_then(|text| {
+                status::parse(text, &Subject::new("Pod", Some(&namespace), &name)).ok()
+            })
+            .map(|entries| {
+                let mut by_if: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+                for e in entries {
+                    if let Some(i) = e.interface {
+                        by_if.entry(i).or_default().extend(e.ips);
+                    }
+                }
+                by_if
+            })
+            .unwrap_or_default();
         PodView {
-            namespace: pod.namespace().unwrap_or_default(),
-            name: pod.name_any(),
+            namespace,
+            name,
             uid: pod.metadata.uid.clone().unwrap_or_default(),
+            reported,
         }
     }
 }
@@ -276,6 +310,26 @@ pub fn decide(
         .iter()
         .map(|p| ((p.namespace.as_str(), p.name.as_str()), p.uid.as_str()))
         .collect();
+    let reported: BTreeMap<(&str, &str), &BTreeMap<String, BTreeSet<IpAddr>>> = pods
+        .iter()
+        .map(|p| ((p.namespace.as_str(), p.name.as_str()), &p.reported))
+        .collect();
+    // Where each block's window starts, to turn offsets into addresses.
+    let windows: BTreeMap<String, (Family, u128)> = blocks
+        .iter()
+        .filter_map(|b| {
+            let net: ipnet::IpNet = b.spec.cidr.parse().ok()?;
+            Some(match net.network() {
+                IpAddr::V4(a) => (b.name_any(), (Family::V4, u128::from(u32::from(a)))),
+                IpAddr::V6(a) => (b.name_any(), (Family::V6, u128::from(a))),
+            })
+        })
+        .collect();
+    let address_of = |id: &AllocationId| {
+        windows
+            .get(&id.block)
+            .map(|(f, base)| address(*f, *base, u32::from(id.offset)))
+    };
     let sets_by_name: BTreeMap<(&str, &str), &StatefulSetView> = sets
         .iter()
         .map(|s| ((s.namespace.as_str(), s.name.as_str()), s))
@@ -332,9 +386,12 @@ pub fn decide(
                         old_uid: old.clone(),
                         new_uid: (*uid).to_owned(),
                     }),
-                    Some(old) => by_interface
-                        .get(&(o.namespace.as_str(), pod_name(o), o.interface.as_str()))
-                        .and_then(|peers| {
+                    Some(old) => {
+                        let key = (o.namespace.as_str(), pod_name(o), o.interface.as_str());
+                        let peers = by_interface.get(&key);
+                        // A newer container of the same Pod interface, seen
+                        // first in a later round.
+                        let newer = peers.and_then(|peers| {
                             peers
                                 .iter()
                                 .filter(|(p, ps)| {
@@ -344,8 +401,41 @@ pub fn decide(
                                 })
                                 .map(|(p, _)| p.owner.container_id.clone())
                                 .min()
-                        })
-                        .map(|by| Reason::ContainerReplaced { by }),
+                        });
+                        // Else (both first seen in one round, e.g. by a new
+                        // leader): the container whose addresses are exactly
+                        // those the Pod's network-status reports for the
+                        // interface is the current one.
+                        let current = || {
+                            let said = reported
+                                .get(&(o.namespace.as_str(), pod_name(o)))
+                                .and_then(|r| r.get(&o.interface))
+                                .filter(|a| !a.is_empty())?;
+                            let mut by_container: BTreeMap<&str, BTreeSet<IpAddr>> =
+                                BTreeMap::new();
+                            for (p, ps) in peers? {
+                                if ps.pod_uid.as_ref() == Some(old) {
+                                    if let Some(a) = address_of(p) {
+                                        by_container
+                                            .entry(p.owner.container_id.as_str())
+                                            .or_default()
+                                            .insert(a);
+                                    }
+                                }
+                            }
+                            let mine = by_container.get(o.container_id.as_str())?;
+                            if !mine.is_disjoint(said) {
+                                return None;
+                            }
+                            by_container
+                                .iter()
+                                .find(|(c, a)| **c != o.container_id && *a == said)
+                                .map(|(c, _)| (*c).to_string())
+                        };
+                        newer
+                            .or_else(current)
+                            .map(|by| Reason::ContainerReplaced { by })
+                    }
                     None => None,
                 },
             },
@@ -679,6 +769,7 @@ mod tests {
             namespace: ns.into(),
             name: name.into(),
             uid: uid.into(),
+            reported: BTreeMap::new(),
         }
     }
 
@@ -823,6 +914,61 @@ mod tests {
         let d = rounds(1, &mut m, &both, &p, &[]);
         assert_eq!(d.release.len(), 1);
         assert_eq!(d.release[0].id.offset, 2);
+    }
+
+    #[test]
+    fn first_seen_together_the_network_status_names_the_current_container() {
+        // A new leader (no memory) finds the old sandbox's address next to
+        // the new one's; the annotation reports the new one's.
+        let b = [block(
+            "b",
+            &[
+                (2, Owner::pod("ns", "web", "c1", "eth1")),
+                (3, Owner::pod("ns", "web", "c2", "eth1")),
+            ],
+        )];
+        let with = |ips: &[&str]| {
+            let mut p = pod("ns", "web", "u1");
+            p.reported.insert(
+                "eth1".into(),
+                ips.iter().map(|i| i.parse().unwrap()).collect(),
+            );
+            p
+        };
+        let mut m = GcMemory::default();
+        let d = rounds(2, &mut m, &b, &[with(&["10.10.1.3"])], &[]);
+        assert_eq!(d.release.len(), 1, "{d:?}");
+        assert_eq!(d.release[0].id.offset, 2);
+        assert_eq!(
+            d.release[0].reason,
+            Reason::ContainerReplaced { by: "c2".into() }
+        );
+        // An annotation matching neither (an ADD in flight), or both, or
+        // another interface only, decides nothing.
+        for ips in [&["10.10.1.9"][..], &["10.10.1.2", "10.10.1.3"], &[]] {
+            let mut m = GcMemory::default();
+            let d = rounds(3, &mut m, &b, &[with(ips)], &[]);
+            assert!(
+                d.release.is_empty() && d.candidates.is_empty(),
+                "{ips:?}: {d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_network_status_of_a_pod_is_read_by_interface() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u1", "annotations": {
+                NETWORK_STATUS_ANNOTATION: r#"[{"name":"k8s-pod-network","interface":"eth0","ips":["10.244.0.5"],"default":true},{"name":"ns/vlan100","interface":"eth1","ips":["10.10.1.3","fd00::3"]}]"#
+            }}
+        }))
+        .unwrap();
+        let v = PodView::of(&pod);
+        assert_eq!(v.reported["eth1"].len(), 2);
+        assert!(v.reported.contains_key("eth0"));
+        let bare: Pod =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}})).unwrap();
+        assert!(PodView::of(&bare).reported.is_empty());
     }
 
     #[test]
