@@ -439,8 +439,13 @@ fn a_restarted_agent_removes_what_is_gone_and_keeps_what_lives() {
     // reaches Spur); only B's sandbox goes (the Pod stays: a sandbox being
     // recreated); E is force-deleted from the API while its sandbox stays;
     // C is untouched.
-    delete_pod(&rt, &client, "pod-a", 30);
+    // (Graceful: the bound Pod stays, terminating, until the kubelet's
+    // final delete once its sandbox is gone.)
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    rt.block_on(pods.delete("pod-a", &DeleteParams::default().grace_period(30)))
+        .unwrap();
     delete_netns(&a.netns);
+    delete_pod(&rt, &client, "pod-a", 0);
     delete_netns(&b.netns);
     delete_pod(&rt, &client, "pod-e", 0);
     assert!(spur_hil::cleanup::netns_exists(&e.netns));

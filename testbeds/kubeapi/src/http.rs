@@ -491,6 +491,7 @@ fn delete_options(req: &ApiRequest) -> Result<DeleteOptions, ApiError> {
         dry_run: req.dry_run(),
         orphan: req.param("propagationPolicy") == Some("Orphan")
             || req.param("orphanDependents") == Some("true"),
+        grace_period_seconds: req.param("gracePeriodSeconds").and_then(|g| g.parse().ok()),
         ..DeleteOptions::default()
     };
     if !req.body.is_empty() {
@@ -503,6 +504,9 @@ fn delete_options(req: &ApiRequest) -> Result<DeleteOptions, ApiError> {
                 .get("resourceVersion")
                 .and_then(Value::as_str)
                 .map(str::to_string);
+        }
+        if let Some(g) = body.get("gracePeriodSeconds").and_then(Value::as_i64) {
+            opts.grace_period_seconds = Some(g);
         }
         if body.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan")
             || body.get("orphanDependents").and_then(Value::as_bool) == Some(true)

@@ -236,6 +236,10 @@ pub struct DeleteOptions {
     pub orphan: bool,
     /// Validate only.
     pub dry_run: bool,
+    /// `gracePeriodSeconds`: `Some(0)` deletes a Pod bound to a node at
+    /// once; absent or positive, such a Pod is only marked (its kubelet
+    /// deletes it with 0 once its containers are gone).
+    pub grace_period_seconds: Option<i64>,
 }
 
 /// The state of the server.
@@ -940,8 +944,15 @@ impl Store {
         // An object whose last finalizer is gone is deleted for good
         // (Namespaces finish when they are empty instead).
         let is_namespace = res.group.is_empty() && res.plural == "namespaces";
+        // (As the real server: only once the grace period is 0; a Pod in
+        // its graceful termination stays until its kubelet deletes it.)
         let finishing = !is_namespace
             && new.pointer("/metadata/deletionTimestamp").is_some()
+            && old
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                == 0
             && finalizers(&new).is_empty();
         if finishing {
             return self
@@ -1057,8 +1068,23 @@ impl Store {
             return Ok(in_version(&old, res));
         }
         let is_namespace = res.group.is_empty() && res.plural == "namespaces";
-        let result = if !finalizers(&old).is_empty() || is_namespace {
+        if let Some(grace) = graceful_pod_grace(res, &old, opts) {
             if old.pointer("/metadata/deletionTimestamp").is_some() {
+                // Already terminating: the first deadline stands.
+                return Ok(in_version(&old, res));
+            }
+            return self.mark_pod_terminating(res, &ns, name, old, grace);
+        }
+        let result = if !finalizers(&old).is_empty() || is_namespace {
+            let grace_left = old
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if old.pointer("/metadata/deletionTimestamp").is_some() && grace_left > 0 {
+                // A Pod terminating gracefully that still has finalizers:
+                // its grace period is over (it goes once they are done).
+                self.mark_pod_terminating(res, &ns, name, old.clone(), 0)?
+            } else if old.pointer("/metadata/deletionTimestamp").is_some() {
                 in_version(&old, res)
             } else {
                 let mut marked = old.clone();
@@ -1105,6 +1131,49 @@ impl Store {
             self.empty_namespace(name)?;
         }
         Ok(result)
+    }
+
+    /// Graceful deletion of a Pod bound to a node (as the real server's
+    /// Pod strategy): `deletionTimestamp` = now + `grace` and
+    /// `deletionGracePeriodSeconds` = `grace`; the object stays (a MODIFIED
+    /// event) until a DELETE with grace period 0 (the kubelet's, once the
+    /// containers are gone). Dependents are left to that final delete.
+    fn mark_pod_terminating(
+        &mut self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        old: Value,
+        grace: i64,
+    ) -> Result<Value, ApiError> {
+        let key = res.store_key();
+        let mut marked = old.clone();
+        let when = format_rfc3339(self.clock.now_unix().saturating_add(grace));
+        if let Some(m) = marked.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.insert("deletionTimestamp".into(), Value::String(when));
+            m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+        }
+        let rv = self.rv + 1;
+        set_rv(&mut marked, rv);
+        self.journal(Mutation::Put {
+            group: res.group.clone(),
+            plural: res.plural.clone(),
+            object: marked.clone(),
+        })?;
+        self.rv = rv;
+        self.objects
+            .entry(key.clone())
+            .or_default()
+            .insert((ns.to_string(), name.to_string()), marked.clone());
+        self.emit(Logged {
+            rv,
+            key,
+            namespace: ns.to_string(),
+            type_: EventType::Modified,
+            object: marked.clone(),
+            old: Some(old),
+        });
+        Ok(in_version(&marked, res))
     }
 
     /// Removes an object for good (its finalizers are done).
@@ -1482,6 +1551,43 @@ fn owner_uids(obj: Option<&Value>) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The grace period of a DELETE of `old` that only marks it: a Pod bound
+/// to a node (`spec.nodeName`), deleted with `gracePeriodSeconds` absent
+/// (the Pod's `spec.terminationGracePeriodSeconds`, else 30) or positive.
+/// `None`: the delete proceeds as for any object. A Pod already
+/// terminating gracefully keeps its deadline (`Some` of its period).
+fn graceful_pod_grace(res: &Resource, old: &Value, opts: &DeleteOptions) -> Option<i64> {
+    if !(res.group.is_empty() && res.plural == "pods") {
+        return None;
+    }
+    let bound = old
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    if !bound {
+        return None;
+    }
+    let grace = match opts.grace_period_seconds {
+        Some(g) if g <= 0 => return None,
+        Some(g) => g,
+        None => old
+            .pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .filter(|g| *g > 0)
+            .unwrap_or(30),
+    };
+    match old
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+    {
+        // Already terminating: its period stands.
+        Some(current) if old.pointer("/metadata/deletionTimestamp").is_some() => {
+            (current > 0).then_some(current)
+        }
+        _ => Some(grace),
+    }
 }
 
 fn finalizers(obj: &Value) -> Vec<&str> {

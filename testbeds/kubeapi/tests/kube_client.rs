@@ -687,3 +687,111 @@ async fn the_same_requests_give_the_same_answers() {
     }
     assert_eq!(run().await, run().await);
 }
+
+#[tokio::test]
+async fn bound_pods_are_deleted_gracefully() {
+    use spur_kubeapi::{ManualClock, Store};
+    use std::sync::Arc;
+    let clock = Arc::new(ManualClock::new(1_767_225_600)); // 2026-01-01T00:00:00Z
+    let server = ApiServer::new(Store::new(clock.clone(), 7), clock, 7);
+    let c = client(&server);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let mut watch = pods
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    pods.create(&PostParams::default(), &pod("bound", "node-a", &[]))
+        .await
+        .unwrap();
+    let mut short = pod("short", "node-a", &[]);
+    short
+        .spec
+        .as_mut()
+        .unwrap()
+        .termination_grace_period_seconds = Some(5);
+    pods.create(&PostParams::default(), &short).await.unwrap();
+    let unbound: Pod = serde_json::from_value(json!({"metadata": {"name": "unbound"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
+    .unwrap();
+    pods.create(&PostParams::default(), &unbound).await.unwrap();
+
+    // Bound, no grace period given: marked with the default 30 s and kept.
+    pods.delete("bound", &DeleteParams::default())
+        .await
+        .unwrap();
+    let marked = pods.get("bound").await.unwrap();
+    assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(30));
+    assert_eq!(
+        serde_json::to_value(&marked.metadata.deletion_timestamp).unwrap(),
+        json!("2026-01-01T00:00:30Z")
+    );
+    // The Pod's own terminationGracePeriodSeconds is the default.
+    pods.delete("short", &DeleteParams::default())
+        .await
+        .unwrap();
+    let s = pods.get("short").await.unwrap();
+    assert_eq!(s.metadata.deletion_grace_period_seconds, Some(5));
+    // A second graceful delete keeps the first deadline; status writes do
+    // not finish it.
+    pods.delete("bound", &DeleteParams::default().grace_period(10))
+        .await
+        .unwrap();
+    let again = pods.get("bound").await.unwrap();
+    assert_eq!(again.metadata.deletion_grace_period_seconds, Some(30));
+    let patch = json!({"status": {"phase": "Running"}});
+    pods.patch_status("bound", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert!(pods.get("bound").await.is_ok());
+    // The kubelet's final delete (grace 0) removes it.
+    pods.delete("bound", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    assert_eq!(code(pods.get("bound").await.unwrap_err()), 404);
+    // An unbound Pod goes at once.
+    pods.delete("unbound", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(code(pods.get("unbound").await.unwrap_err()), 404);
+
+    // Finalizers hold a Pod past the kubelet's final delete; once they
+    // are done it goes.
+    let mut held = pod("held", "node-a", &[]);
+    held.metadata.finalizers = Some(vec!["spur.dev/test".into()]);
+    pods.create(&PostParams::default(), &held).await.unwrap();
+    pods.delete("held", &DeleteParams::default()).await.unwrap();
+    pods.delete("held", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let h = pods.get("held").await.unwrap();
+    assert_eq!(h.metadata.deletion_grace_period_seconds, Some(0));
+    let patch = json!({"metadata": {"finalizers": null}});
+    pods.patch("held", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert_eq!(code(pods.get("held").await.unwrap_err()), 404);
+
+    let mut seen = Vec::new();
+    while seen.len() < 8 {
+        match watch.try_next().await.unwrap().unwrap() {
+            WatchEvent::Added(p) => seen.push(format!("ADDED {}", p.name_any())),
+            WatchEvent::Modified(p) => seen.push(format!("MODIFIED {}", p.name_any())),
+            WatchEvent::Deleted(p) => seen.push(format!("DELETED {}", p.name_any())),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "ADDED bound",
+            "ADDED short",
+            "ADDED unbound",
+            "MODIFIED bound", // marked
+            "MODIFIED short", // marked
+            "MODIFIED bound", // its status (the second delete changed nothing)
+            "DELETED bound",
+            "DELETED unbound",
+        ]
+    );
+}

@@ -1014,8 +1014,16 @@ fn watch_shows_created_and_deleted_pods() {
     let line = events.expect_line("web-2");
     assert!(line.starts_with("ADDED "), "{line}");
 
-    let out = s.ok(&["delete", "pod", "web-1", "-n", "lab"]);
-    assert!(out.contains(r#"pod "web-1" deleted"#), "{out}");
+    let out = s.ok(&[
+        "delete",
+        "pod",
+        "web-1",
+        "-n",
+        "lab",
+        "--grace-period=0",
+        "--force",
+    ]);
+    assert!(out.contains(r#"pod "web-1" force deleted"#), "{out}");
     let line = plain.expect_line("web-1");
     assert!(line.starts_with("web-1 "), "{line}");
     // (A graceful deletion may show a MODIFIED line first; DELETED must follow.)
@@ -1045,8 +1053,26 @@ fn delete_pod_pool_and_namespace() {
     require_kubectl!("delete_pod_pool_and_namespace");
     let s = Server::start();
     s.lab();
-    let out = s.ok(&["delete", "pod", "web-0", "-n", "lab"]);
+    // A Pod bound to a node terminates gracefully: it stays, marked, until
+    // its kubelet (or a forced delete) removes it, as with a real server.
+    let out = s.ok(&["delete", "pod", "web-0", "-n", "lab", "--wait=false"]);
     assert!(out.contains(r#"pod "web-0" deleted"#), "{out}");
+    let marked = s.ok(&["get", "pod", "web-0", "-n", "lab", "-o", "json"]);
+    assert!(marked.contains("deletionTimestamp"), "{marked}");
+    assert!(
+        marked.contains(r#""deletionGracePeriodSeconds": 30"#),
+        "{marked}"
+    );
+    let out = s.ok(&[
+        "delete",
+        "pod",
+        "web-0",
+        "-n",
+        "lab",
+        "--grace-period=0",
+        "--force",
+    ]);
+    assert!(out.contains(r#"pod "web-0" force deleted"#), "{out}");
     let pods = s.ok(&["get", "pods", "-n", "lab", "-o", "name"]);
     assert_eq!(names(&pods), ["pod/web-1"], "{pods}");
     let gone = s.kubectl(&["get", "pod", "web-0", "-n", "lab"]);
@@ -1067,8 +1093,21 @@ fn delete_pod_pool_and_namespace() {
     assert!(again.failed().contains("not found"), "{}", again.describe());
     s.ok(&["delete", "ipp", "vlan100-ipv6", "--ignore-not-found"]);
 
-    let out = s.ok(&["delete", "ns", "lab"]);
+    // The namespace waits for its bound Pod's graceful termination.
+    let out = s.ok(&["delete", "ns", "lab", "--wait=false"]);
     assert!(out.contains(r#"namespace "lab" deleted"#), "{out}");
+    let ns = s.ok(&["get", "ns", "lab", "-o", "jsonpath={.status.phase}"]);
+    assert_eq!(ns.trim(), "Terminating");
+    let out = s.ok(&[
+        "delete",
+        "pod",
+        "web-1",
+        "-n",
+        "lab",
+        "--grace-period=0",
+        "--force",
+    ]);
+    assert!(out.contains(r#"pod "web-1" force deleted"#), "{out}");
     let ns = s.kubectl(&["get", "ns", "lab"]);
     assert!(
         ns.failed().contains(r#"namespaces "lab" not found"#),
