@@ -27,7 +27,7 @@ use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::{json, Value};
 use spur_core::ipamblock::{IPAMBlock, OwnerKind};
 use spur_core::ippool::IPPool;
-use spur_kubeapi::{Admission, ApiServer, Denial, ServiceRef};
+use spur_kubeapi::{ApiServer, ServiceRef};
 use spur_testbed::{Manifest, ObjectRef, PodRef, PoolReport, Rejection};
 
 /// HTTP codes by which the API refuses an object (a result of the run,
@@ -86,42 +86,6 @@ pub fn kubeconfig_text(server: &str) -> String {
          contexts:\n- name: spur-hil\n  context:\n    cluster: spur-hil\n    user: spur-hil\n    namespace: default\n\
          current-context: spur-hil\nusers:\n- name: spur-hil\n  user: {{}}\n"
     )
-}
-
-/// Registers Spur's admission hooks (`spur_controller::admission`) in the
-/// embedded server, so it refuses what a cluster with Spur refuses.
-pub fn install_admission(admission: &mut Admission) {
-    use spur_controller::admission::{hooks, Operation, Request};
-    for hook in hooks() {
-        let check = hook.check;
-        admission.add_validator(
-            &hook.name,
-            &hook.group,
-            &hook.plural,
-            Box::new(move |req, obj, store| {
-                let request = Request {
-                    operation: match req.operation {
-                        spur_kubeapi::Operation::Create => Operation::Create,
-                        spur_kubeapi::Operation::Update => Operation::Update,
-                        spur_kubeapi::Operation::Delete => Operation::Delete,
-                    },
-                    subresource: req.subresource,
-                    namespace: req.namespace,
-                    name: req.name,
-                    object: obj,
-                    old_object: req.old_object,
-                };
-                let list = |group: &str, plural: &str| -> Vec<Value> {
-                    store
-                        .objects_of(group, plural)
-                        .into_iter()
-                        .cloned()
-                        .collect()
-                };
-                check(&request, &list).map_err(|e| Denial::new(e.to_string()))
-            }),
-        );
-    }
 }
 
 /// The embedded API server of a run.
@@ -185,7 +149,7 @@ impl Cluster {
     ) -> Result<Cluster, ApiError> {
         let server = ApiServer::in_memory();
         if in_process_admission {
-            install_admission(server.store().admission_mut());
+            spur_controller::admission::install_embedded(server.store().admission_mut());
         }
         let addr = SocketAddr::new(listen, 0);
         let listener = tokio::net::TcpListener::bind(addr)
@@ -420,153 +384,7 @@ pub async fn create_nodes(client: &Client, nodes: &[NodeInfo]) -> Result<(), Api
     Ok(())
 }
 
-/// Places Pods that name no node: round-robin over the testbed's nodes in
-/// order, as a scheduler spreading them would.
-#[derive(Debug, Clone)]
-pub struct Placement {
-    nodes: Vec<String>,
-    next: usize,
-}
-
-impl Placement {
-    /// Placement over `nodes`.
-    pub fn new(nodes: Vec<String>) -> Placement {
-        Placement { nodes, next: 0 }
-    }
-
-    /// Sets `spec.nodeName` of a Pod object that has none; returns the
-    /// Pod's node.
-    pub fn place(&mut self, pod: &mut Value) -> Option<String> {
-        if let Some(n) = pod.pointer("/spec/nodeName").and_then(Value::as_str) {
-            return Some(n.to_string());
-        }
-        if self.nodes.is_empty() {
-            return None;
-        }
-        let node = self.nodes[self.next % self.nodes.len()].clone();
-        self.next += 1;
-        if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
-            spec.insert("nodeName".into(), json!(node));
-        } else if let Some(obj) = pod.as_object_mut() {
-            obj.insert("spec".into(), json!({ "nodeName": node }));
-        }
-        Some(node)
-    }
-}
-
-/// A short deterministic string of `len` characters from `text` (the
-/// alphabet Kubernetes uses for generated names).
-fn short_hash(text: &str, len: usize) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    // FNV-1a, then digits in the alphabet.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (0..len)
-        .map(|_| {
-            let c = ALPHABET[(h % ALPHABET.len() as u64) as usize];
-            h = (h / ALPHABET.len() as u64) ^ h.rotate_left(17);
-            char::from(c)
-        })
-        .collect()
-}
-
-/// The Pods a workload object (StatefulSet, Deployment, ReplicaSet,
-/// DaemonSet) of the manifests stands for, as the workload controllers
-/// would create them: named `<sts>-<ordinal>`, `<deploy>-<hash>-<suffix>`,
-/// `<rs>-<suffix>` or `<ds>-<suffix>` (one per node, placed there), with the
-/// template's metadata and spec and an owner reference to `uid`. Other
-/// kinds stand for no Pods.
-pub fn workload_pods(obj: &Value, uid: &str, nodes: &[String]) -> Vec<Value> {
-    let kind = obj["kind"].as_str().unwrap_or_default();
-    let api = obj["apiVersion"].as_str().unwrap_or_default();
-    if api != "apps/v1"
-        || !matches!(
-            kind,
-            "StatefulSet" | "Deployment" | "ReplicaSet" | "DaemonSet"
-        )
-    {
-        return Vec::new();
-    }
-    let name = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let ns = obj
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let template = &obj["spec"]["template"];
-    let replicas = obj["spec"]["replicas"].as_u64().unwrap_or(1);
-    let pod = |pod_name: String, extra_labels: Value, node: Option<&str>| {
-        let mut meta = template["metadata"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        let mut labels = meta
-            .get("labels")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        if let Some(extra) = extra_labels.as_object() {
-            labels.extend(extra.clone());
-        }
-        meta.insert("labels".into(), Value::Object(labels));
-        meta.insert("name".into(), json!(pod_name));
-        meta.insert("namespace".into(), json!(ns));
-        meta.insert(
-            "ownerReferences".into(),
-            json!([{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": uid,
-                    "controller": true, "blockOwnerDeletion": true}]),
-        );
-        let mut spec = template["spec"].clone();
-        if let (Some(node), Some(s)) = (node, spec.as_object_mut()) {
-            s.insert("nodeName".into(), json!(node));
-        }
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
-    };
-    let template_hash = short_hash(&template.to_string(), 10);
-    match kind {
-        "StatefulSet" => {
-            let start = obj["spec"]["ordinals"]["start"].as_u64().unwrap_or(0);
-            (start..start.saturating_add(replicas))
-                .map(|i| {
-                    let pod_name = format!("{name}-{i}");
-                    pod(
-                        pod_name.clone(),
-                        json!({"statefulset.kubernetes.io/pod-name": pod_name,
-                               "apps.kubernetes.io/pod-index": i.to_string()}),
-                        None,
-                    )
-                })
-                .collect()
-        }
-        "Deployment" | "ReplicaSet" => (0..replicas)
-            .map(|i| {
-                let base = if kind == "Deployment" {
-                    format!("{name}-{template_hash}")
-                } else {
-                    name.to_string()
-                };
-                let suffix = short_hash(&format!("{base}/{i}"), 5);
-                pod(
-                    format!("{base}-{suffix}"),
-                    json!({"pod-template-hash": template_hash}),
-                    None,
-                )
-            })
-            .collect(),
-        _ => nodes
-            .iter()
-            .map(|node| {
-                let suffix = short_hash(&format!("{name}/{node}"), 5);
-                pod(format!("{name}-{suffix}"), json!({}), Some(node))
-            })
-            .collect(),
-    }
-}
+pub use spur_testbed::workloads::{workload_pods, Placement};
 
 /// What applying the manifests did.
 #[derive(Debug, Clone, Default)]
@@ -1048,74 +866,6 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-24T03:01:46Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
-    }
-
-    #[test]
-    fn pods_without_a_node_are_spread_in_order() {
-        let mut p = Placement::new(vec!["a".into(), "b".into()]);
-        let mut fixed = json!({"spec": {"nodeName": "b"}});
-        assert_eq!(p.place(&mut fixed).as_deref(), Some("b"));
-        let mut pods: Vec<Value> = (0..3).map(|_| json!({"spec": {}})).collect();
-        let got: Vec<String> = pods.iter_mut().filter_map(|x| p.place(x)).collect();
-        assert_eq!(got, ["a", "b", "a"]);
-        assert_eq!(pods[1]["spec"]["nodeName"], "b");
-        let mut bare = json!({"metadata": {"name": "x"}});
-        assert_eq!(p.place(&mut bare).as_deref(), Some("b"));
-        assert_eq!(bare["spec"]["nodeName"], "b");
-        assert_eq!(Placement::new(vec![]).place(&mut json!({})), None);
-    }
-
-    #[test]
-    fn workloads_stand_for_their_pods() {
-        let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": {"name": "db", "namespace": "ns"},
-            "spec": {"replicas": 2, "ordinals": {"start": 3},
-                     "template": {"metadata": {"labels": {"app": "db"},
-                                               "annotations": {"k8s.v1.cni.cncf.io/networks": "vlan100"}},
-                                  "spec": {"containers": [{"name": "c", "image": "x"}]}}}});
-        let pods = workload_pods(&sts, "uid-1", &[]);
-        let names: Vec<&str> = pods
-            .iter()
-            .map(|p| p["metadata"]["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(names, ["db-3", "db-4"]);
-        assert_eq!(pods[0]["metadata"]["namespace"], "ns");
-        assert_eq!(pods[0]["metadata"]["labels"]["app"], "db");
-        assert_eq!(
-            pods[0]["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"],
-            "vlan100"
-        );
-        assert_eq!(pods[0]["metadata"]["ownerReferences"][0]["uid"], "uid-1");
-        assert_eq!(pods[0]["spec"]["containers"][0]["name"], "c");
-
-        let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "web"},
-            "spec": {"replicas": 3, "template": {"spec": {"containers": []}}}});
-        let pods = workload_pods(&deploy, "u", &[]);
-        assert_eq!(pods.len(), 3);
-        let names: BTreeSet<String> = pods
-            .iter()
-            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(names.len(), 3, "{names:?}");
-        for n in &names {
-            assert!(
-                n.starts_with("web-") && n.len() == "web-".len() + 10 + 1 + 5,
-                "{n}"
-            );
-        }
-        // Deterministic.
-        assert_eq!(workload_pods(&deploy, "u", &[]), pods);
-
-        let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
-            "spec": {"template": {"spec": {}}}});
-        let pods = workload_pods(&ds, "u", &["a".into(), "b".into()]);
-        let nodes: Vec<&str> = pods
-            .iter()
-            .map(|p| p["spec"]["nodeName"].as_str().unwrap())
-            .collect();
-        assert_eq!(nodes, ["a", "b"]);
-        assert!(workload_pods(&json!({"apiVersion": "v1", "kind": "Pod"}), "u", &[]).is_empty());
     }
 
     #[test]

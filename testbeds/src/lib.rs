@@ -39,6 +39,7 @@ pub mod manifest;
 pub mod refs;
 pub mod report;
 pub mod spec;
+pub mod workloads;
 
 pub use check::{check, compare_reports, Failure};
 pub use error::{LoadError, LoadErrors};
@@ -52,3 +53,4 @@ pub use report::{
     InterfaceReport, MulticastReport, PodReport, PoolReport, Rejection, Report, Runner,
 };
 pub use spec::{CniMode, Node, Port, Segment, SriovPf, TestbedSpec, VlanRange};
+pub use workloads::{workload_pods, Placement};
