@@ -24,7 +24,10 @@
 //!   UID is what can be observed: the snapshot is taken before the Pod
 //!   list, so the allocation's Pod existed when the earlier list saw UID
 //!   `A` (it is `A` or an older Pod of the name); a later, different UID
-//!   is a newer Pod, which cannot hold the older sandbox's address.
+//!   is a newer Pod, which cannot hold the older sandbox's address. When
+//!   the agent recorded the Pod's UID in the owner (`podUID`), that UID is
+//!   the one compared, from the first round the allocation is seen, with
+//!   no need of the collector's memory (a new leader decides it too).
 //! - **Pod owner, container replaced**: the same Pod (same UID as when
 //!   both were seen) holds another allocation for the same interface
 //!   under another container ID that first appeared in a *later* round
@@ -349,7 +352,11 @@ pub fn decide(
                 first_round: round,
                 pod_uid: None,
             });
-            if a.owner.kind == OwnerKind::Pod && s.pod_uid.is_none() {
+            if a.owner.kind == OwnerKind::Pod && !a.owner.pod_uid.is_empty() {
+                // The agent recorded the Pod's UID with the allocation: that
+                // is the Pod it belongs to, whatever this collector saw.
+                s.pod_uid = Some(a.owner.pod_uid.clone());
+            } else if a.owner.kind == OwnerKind::Pod && s.pod_uid.is_none() {
                 let uid = pods_by_name
                     .get(&(a.owner.namespace.as_str(), pod_name(&a.owner)))
                     .filter(|u| !u.is_empty());
@@ -873,6 +880,43 @@ mod tests {
         );
         let d = rounds(1, &mut m, &b, &[pod("ns", "web", "u2")], &[]);
         assert_eq!(d.release.len(), 1);
+    }
+
+    #[test]
+    fn a_recorded_pod_uid_decides_without_memory() {
+        let old = Owner::pod("ns", "web", "c1", "eth1").with_pod_uid("u1");
+        let b = [block("b", &[(2, old.clone())])];
+        // A collector with no memory (a new leader) sees the Pod with
+        // another UID: stale from the first round, released on the second.
+        let mut m = GcMemory::default();
+        let d = rounds(1, &mut m, &b, &[pod("ns", "web", "u2")], &[]);
+        assert!(d.release.is_empty());
+        assert_eq!(
+            d.candidates.iter().map(|r| &r.reason).collect::<Vec<_>>(),
+            [&Reason::PodReplaced {
+                old_uid: "u1".into(),
+                new_uid: "u2".into()
+            }]
+        );
+        let d = rounds(1, &mut m, &b, &[pod("ns", "web", "u2")], &[]);
+        assert_eq!(d.release.len(), 1);
+        assert_eq!(d.release[0].id.owner, old);
+        // The recorded UID beats what an earlier round saw.
+        let mut m = GcMemory::default();
+        rounds(1, &mut m, &b, &[pod("ns", "web", "u0")], &[]);
+        let d = rounds(3, &mut m, &b, &[pod("ns", "web", "u1")], &[]);
+        assert!(d.release.is_empty() && d.candidates.is_empty());
+        // The same UID: live, kept; a Pod without UID tells nothing.
+        let mut m = GcMemory::default();
+        let d = rounds(3, &mut m, &b, &[pod("ns", "web", "u1")], &[]);
+        assert!(d.release.is_empty() && d.candidates.is_empty());
+        let mut m = GcMemory::default();
+        let d = rounds(3, &mut m, &b, &[pod("ns", "web", "")], &[]);
+        assert!(d.release.is_empty() && d.candidates.is_empty());
+        // Gone is gone, UID or not.
+        let mut m = GcMemory::default();
+        let d = rounds(2, &mut m, &b, &[], &[]);
+        assert_eq!(d.release[0].reason, Reason::PodGone);
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn filler(n: u64) -> Owner {
         interface: String::new(),
         container_id: String::new(),
         pod: String::new(),
+        pod_uid: String::new(),
     }
 }
 

@@ -5,8 +5,11 @@
 //!
 //! Order of preference, for one owner and one pool:
 //! 1. the address the owner already holds (a retried ADD is idempotent);
+//!    failing that, the address a previous sandbox of the same Pod holds
+//!    for the interface (*takeover*, below);
 //! 2. a requested address: refused when another owner holds it or the pool
-//!    cannot hand it out;
+//!    cannot hand it out (a previous sandbox of the same Pod holding it is
+//!    not another owner: it is taken over);
 //! 3. the lowest free address of the lowest block affine to the node;
 //! 4. a new block: the first unclaimed window from a start that a hash of
 //!    the node's name picks (so nodes starting together do not race for
@@ -15,6 +18,23 @@
 //! 5. the lowest free address of another node's block (borrowing, only when
 //!    the pool has no unclaimed window left);
 //! 6. exhausted.
+//!
+//! # Takeover by Pod UID
+//!
+//! A Pod owner's identity ([`OwnerKey`]) includes the container (sandbox)
+//! ID, and a Pod whose sandbox died without a CNI DEL (node reboot, an
+//! agent crash in the middle of an ADD) gets a new sandbox with a new ID.
+//! When the owner asking carries a Pod UID ([`Owner::pod_uid`]) and the
+//! pool holds an allocation of a Pod owner with the same namespace, Pod
+//! name, interface and UID under another container ID
+//! ([`Owner::may_take_over`]), the plan is [`Plan::Held`] with `refresh`:
+//! the record is rewritten to the new container and the address stays,
+//! exactly as a StatefulSet ordinal's record is re-pointed to a new Pod.
+//! The kubelet runs one sandbox per Pod, so the older one is gone or being
+//! torn down; its late DEL releases by its own key and finds nothing once
+//! the record names the new container. Records without a UID (written
+//! before agents recorded it) are never taken over, and neither are
+//! records of another UID (a recreated Pod of the same name).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -58,7 +78,9 @@ impl BlockState {
 pub enum Plan {
     /// The owner holds `ip` already. `refresh` is true when the stored
     /// record differs from the owner given (a StatefulSet ordinal used by a
-    /// new Pod): the record should be rewritten, the address stays.
+    /// new Pod, a new sandbox of a Pod taking over its previous sandbox's
+    /// allocation, see the module documentation): the record should be
+    /// rewritten, the address stays.
     Held {
         /// The address.
         ip: IpAddr,
@@ -160,11 +182,30 @@ pub struct PoolBlocks {
     /// requested address, two nodes racing for a StatefulSet ordinal), and
     /// rewriting one of them must not make the other unfindable.
     by_owner: HashMap<OwnerKey, Places>,
+    /// Where the Pod owners that record a Pod UID hold addresses, by Pod
+    /// interface and UID (whatever the container): what a new sandbox of
+    /// the Pod may take over.
+    by_pod: HashMap<PodSlot, Places>,
     /// Blocks with a free address, per affine node.
     free_by_node: HashMap<String, BTreeSet<u128>>,
     /// Blocks with a free address.
     free_any: BTreeSet<u128>,
     used: u128,
+}
+
+/// (namespace, Pod, interface, Pod UID) of a Pod owner that records its
+/// Pod's UID.
+type PodSlot = (String, String, String, String);
+
+fn pod_slot(o: &Owner) -> Option<PodSlot> {
+    (o.kind == crate::ipamblock::OwnerKind::Pod && !o.pod_uid.is_empty()).then(|| {
+        (
+            o.namespace.clone(),
+            o.name.clone(),
+            o.interface.clone(),
+            o.pod_uid.clone(),
+        )
+    })
 }
 
 /// Where one owner holds addresses: almost always one place, so the common
@@ -182,6 +223,15 @@ impl Places {
             Places::One(p) => Some(p),
             Places::Many(set) => set.first(),
         }
+    }
+
+    /// Every place, ascending.
+    fn iter(&self) -> impl Iterator<Item = &(u128, u32)> {
+        let (one, many) = match self {
+            Places::One(p) => (Some(p), None),
+            Places::Many(set) => (None, Some(set.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
     }
 
     fn insert(&mut self, place: (u128, u32)) {
@@ -212,6 +262,27 @@ impl Places {
     }
 }
 
+fn add_place<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Places>, key: K, place: (u128, u32)) {
+    match map.get_mut(&key) {
+        Some(places) => places.insert(place),
+        None => {
+            map.insert(key, Places::One(place));
+        }
+    }
+}
+
+fn remove_place<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Places>,
+    key: &K,
+    place: (u128, u32),
+) {
+    if let Some(places) = map.get_mut(key) {
+        if places.remove(place) {
+            map.remove(key);
+        }
+    }
+}
+
 /// The CIDR of the window at `base`.
 pub fn window_cidr(family: Family, base: u128) -> IpNet {
     let bits = family.bits() - BLOCK_SIZE.trailing_zeros() as u8;
@@ -228,6 +299,7 @@ impl PoolBlocks {
             blocks: BTreeMap::new(),
             claimed: Claimed::new(),
             by_owner: HashMap::new(),
+            by_pod: HashMap::new(),
             free_by_node: HashMap::new(),
             free_any: BTreeSet::new(),
             used: 0,
@@ -279,6 +351,38 @@ impl PoolBlocks {
     pub fn find(&self, key: &OwnerKey) -> Option<(IpAddr, u128, u32)> {
         let &(base, offset) = self.by_owner.get(key)?.first()?;
         Some((address(self.layout.family, base, offset), base, offset))
+    }
+
+    /// The address a previous sandbox of `owner`'s Pod holds for the same
+    /// interface, which `owner` may take over (see the module
+    /// documentation), with its block, offset and current holder; the
+    /// lowest when there are several. `None` when `owner` records no Pod
+    /// UID.
+    pub fn predecessor(&self, owner: &Owner) -> Option<(IpAddr, u128, u32, &Owner)> {
+        let slot = pod_slot(owner)?;
+        self.by_pod.get(&slot)?.iter().find_map(|&(base, offset)| {
+            let holder = self.blocks.get(&base)?.owners.get(&offset)?;
+            owner.may_take_over(holder).then(|| {
+                (
+                    address(self.layout.family, base, offset),
+                    base,
+                    offset,
+                    holder,
+                )
+            })
+        })
+    }
+
+    /// The address `owner` holds in this pool, or else the one it would
+    /// take over from a previous sandbox of its Pod ([`Self::predecessor`]),
+    /// with the key of the record's current holder.
+    pub fn find_for(&self, owner: &Owner) -> Option<(IpAddr, OwnerKey)> {
+        let key = owner.key();
+        if let Some((ip, _, _)) = self.find(&key) {
+            return Some((ip, key));
+        }
+        self.predecessor(owner)
+            .map(|(ip, _, _, holder)| (ip, holder.key()))
     }
 
     /// Every holder, in address order.
@@ -352,12 +456,12 @@ impl PoolBlocks {
             Some(old) => {
                 for (&off, owner) in &old.owners {
                     if state.owners.get(&off) != Some(owner) {
-                        self.unindex_owner(owner.key(), (base, off));
+                        self.unindex_owner(owner, (base, off));
                     }
                 }
                 for (&off, owner) in &state.owners {
                     if old.owners.get(&off) != Some(owner) {
-                        self.index_owner(owner.key(), (base, off));
+                        self.index_owner(owner, (base, off));
                     }
                 }
                 self.used = self.used - old.owners.len() as u128 + state.owners.len() as u128;
@@ -379,7 +483,7 @@ impl PoolBlocks {
     fn index(&mut self, base: u128, b: &BlockState) {
         self.claimed.insert(base);
         for (&off, o) in &b.owners {
-            self.index_owner(o.key(), (base, off));
+            self.index_owner(o, (base, off));
         }
         self.used += b.owners.len() as u128;
         self.index_free(base, b);
@@ -388,26 +492,23 @@ impl PoolBlocks {
     fn unindex(&mut self, base: u128, b: &BlockState) {
         self.claimed.remove(base);
         for (&off, o) in &b.owners {
-            self.unindex_owner(o.key(), (base, off));
+            self.unindex_owner(o, (base, off));
         }
         self.used -= b.owners.len() as u128;
         self.unindex_free(base, b);
     }
 
-    fn index_owner(&mut self, key: OwnerKey, place: (u128, u32)) {
-        match self.by_owner.get_mut(&key) {
-            Some(places) => places.insert(place),
-            None => {
-                self.by_owner.insert(key, Places::One(place));
-            }
+    fn index_owner(&mut self, owner: &Owner, place: (u128, u32)) {
+        add_place(&mut self.by_owner, owner.key(), place);
+        if let Some(slot) = pod_slot(owner) {
+            add_place(&mut self.by_pod, slot, place);
         }
     }
 
-    fn unindex_owner(&mut self, key: OwnerKey, place: (u128, u32)) {
-        if let Some(places) = self.by_owner.get_mut(&key) {
-            if places.remove(place) {
-                self.by_owner.remove(&key);
-            }
+    fn unindex_owner(&mut self, owner: &Owner, place: (u128, u32)) {
+        remove_place(&mut self.by_owner, &owner.key(), place);
+        if let Some(slot) = pod_slot(owner) {
+            remove_place(&mut self.by_pod, &slot, place);
         }
     }
 
@@ -431,7 +532,8 @@ impl PoolBlocks {
         }
     }
 
-    /// Decides how `owner` gets an address on `node`.
+    /// Decides how `owner` gets an address on `node` (see the module
+    /// documentation for the order of preference and for takeover).
     pub fn plan(&self, node: &str, owner: &Owner, requested: Option<IpAddr>) -> Plan {
         let family = self.layout.family;
         if let Some((ip, base, offset)) = self.find(&owner.key()) {
@@ -450,11 +552,30 @@ impl PoolBlocks {
             }
             // The owner holds another address than it now asks for: the
             // caller must release it first; report who holds the request.
+        } else if let Some((ip, base, offset, _)) = self.predecessor(owner) {
+            // A previous sandbox of the same Pod holds an address for the
+            // interface: take it over.
+            if requested.is_none_or(|r| r == ip) {
+                return Plan::Held {
+                    ip,
+                    base,
+                    offset,
+                    refresh: true,
+                };
+            }
         }
         if let Some(ip) = requested {
             let base = window_of(ip);
             let offset = offset_of(ip);
             if let Some(holder) = self.blocks.get(&base).and_then(|b| b.owners.get(&offset)) {
+                if owner.may_take_over(holder) {
+                    return Plan::Held {
+                        ip,
+                        base,
+                        offset,
+                        refresh: true,
+                    };
+                }
                 return Plan::RequestedHeld {
                     ip,
                     holder: holder.clone(),
@@ -733,6 +854,150 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn pod(name: &str, container: &str, uid: &str) -> Owner {
+        Owner::pod("ns", name, container, "eth1").with_pod_uid(uid)
+    }
+
+    /// Allocates for `o` on node `n` and returns the address.
+    fn alloc(pb: &mut PoolBlocks, o: &Owner, want: Option<IpAddr>) -> IpAddr {
+        let p = pb.plan("n", o, want);
+        let (Plan::Claim { ip, .. } | Plan::Take { ip, .. }) = p else {
+            panic!("{p:?}")
+        };
+        commit(pb, &p, "n", o);
+        ip
+    }
+
+    #[test]
+    fn a_new_sandbox_takes_over_its_pods_address() {
+        let mut pb = PoolBlocks::new(layout("10.0.0.0/24", "10.0.0.1", 24));
+        let c1 = pod("web", "c1", "u1");
+        let first = alloc(&mut pb, &c1, None);
+        // Another Pod allocates after, so a new address would differ.
+        alloc(&mut pb, &pod("other", "c", "u9"), None);
+        let c2 = pod("web", "c2", "u1");
+        assert_eq!(pb.find_for(&c2), Some((first, c1.key())));
+        let p = pb.plan("n", &c2, None);
+        let Plan::Held {
+            ip,
+            refresh: true,
+            base,
+            offset,
+        } = p
+        else {
+            panic!("takeover expected, got {p:?}")
+        };
+        assert_eq!(ip, first);
+        assert_eq!(pb.predecessor(&c2).map(|t| t.3), Some(&c1));
+        commit(&mut pb, &p, "n", &c2);
+        assert_eq!(pb.holder(first), Some(&c2), "the record names c2");
+        assert_eq!(pb.find(&c1.key()), None, "c1 holds nothing any more");
+        assert_eq!(pb.find(&c2.key()), Some((first, base, offset)));
+        assert_eq!(
+            pb.release(&c1.key()),
+            None,
+            "a late DEL of c1 finds nothing"
+        );
+        assert_eq!(pb.used(), 2, "nothing is held twice");
+        // Retried: idempotent, no further rewrite.
+        assert!(matches!(
+            pb.plan("n", &c2, None),
+            Plan::Held { refresh: false, ip, .. } if ip == first
+        ));
+        // A third sandbox takes it over from c2 in turn.
+        let c3 = pod("web", "c3", "u1");
+        assert!(matches!(
+            pb.plan("n", &c3, None),
+            Plan::Held { refresh: true, ip, .. } if ip == first
+        ));
+    }
+
+    #[test]
+    fn another_pod_uid_is_not_taken_over() {
+        let mut pb = PoolBlocks::new(layout("10.0.0.0/24", "10.0.0.1", 24));
+        let old = pod("web", "c1", "u1");
+        let first = alloc(&mut pb, &old, None);
+        // The Pod was deleted and recreated under the same name.
+        let recreated = pod("web", "c2", "u2");
+        assert_eq!(pb.find_for(&recreated), None);
+        let p = pb.plan("n", &recreated, None);
+        assert!(matches!(p, Plan::Take { ip, .. } if ip != first), "{p:?}");
+        // Nor does another interface of the same Pod take it.
+        let eth2 = Owner::pod("ns", "web", "c2", "eth2").with_pod_uid("u1");
+        assert!(matches!(pb.plan("n", &eth2, None), Plan::Take { .. }));
+        // Asking for the old address is refused, naming its holder.
+        assert_eq!(
+            pb.plan("n", &recreated, Some(first)),
+            Plan::RequestedHeld {
+                ip: first,
+                holder: old
+            }
+        );
+    }
+
+    #[test]
+    fn owners_without_pod_uid_are_not_taken_over() {
+        let mut pb = PoolBlocks::new(layout("10.0.0.0/24", "10.0.0.1", 24));
+        // A record written before agents recorded the UID.
+        let legacy = Owner::pod("ns", "web", "c1", "eth1");
+        let first = alloc(&mut pb, &legacy, None);
+        let c2 = pod("web", "c2", "u1");
+        assert_eq!(pb.predecessor(&c2), None);
+        assert!(matches!(pb.plan("n", &c2, None), Plan::Take { ip, .. } if ip != first));
+        assert!(matches!(
+            pb.plan("n", &c2, Some(first)),
+            Plan::RequestedHeld { .. }
+        ));
+        // An asking owner without UID takes nothing over either.
+        let mut pb = PoolBlocks::new(layout("10.0.0.0/24", "10.0.0.1", 24));
+        let first = alloc(&mut pb, &pod("web", "c1", "u1"), None);
+        let no_uid = Owner::pod("ns", "web", "c2", "eth1");
+        assert!(matches!(pb.plan("n", &no_uid, None), Plan::Take { ip, .. } if ip != first));
+        assert!(matches!(
+            pb.plan("n", &no_uid, Some(first)),
+            Plan::RequestedHeld { .. }
+        ));
+    }
+
+    #[test]
+    fn a_fixed_address_held_by_the_same_pod_is_taken_over() {
+        let mut pb = PoolBlocks::new(layout("10.0.0.0/24", "10.0.0.1", 24));
+        let fixed = ip("10.0.0.77");
+        let c1 = pod("web", "c1", "u1");
+        assert_eq!(alloc(&mut pb, &c1, Some(fixed)), fixed);
+        let c2 = pod("web", "c2", "u1");
+        let p = pb.plan("n", &c2, Some(fixed));
+        assert!(
+            matches!(p, Plan::Held { ip, refresh: true, .. } if ip == fixed),
+            "{p:?}"
+        );
+        commit(&mut pb, &p, "n", &c2);
+        assert_eq!(pb.holder(fixed), Some(&c2));
+        assert_eq!(pb.used(), 1);
+        // The previous sandbox held another address than the one asked for
+        // now (the annotation changed): the request is served anew and the
+        // old address stays findable for the caller to release.
+        let mut pb = PoolBlocks::new(layout("10.0.0.0/24", "10.0.0.1", 24));
+        let old = alloc(&mut pb, &c1, None);
+        let p = pb.plan("n", &c2, Some(fixed));
+        assert!(
+            matches!(p, Plan::Take { ip, .. } | Plan::Claim { ip, .. } if ip == fixed),
+            "{p:?}"
+        );
+        assert_eq!(pb.find_for(&c2), Some((old, c1.key())));
+        // Held by another Pod: refused as before.
+        let mut pb = PoolBlocks::new(layout("10.0.0.0/24", "10.0.0.1", 24));
+        let x = pod("x", "c1", "u7");
+        alloc(&mut pb, &x, Some(fixed));
+        assert_eq!(
+            pb.plan("n", &c2, Some(fixed)),
+            Plan::RequestedHeld {
+                ip: fixed,
+                holder: x
+            }
+        );
     }
 
     #[test]

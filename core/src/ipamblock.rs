@@ -91,6 +91,19 @@ pub struct Owner {
     /// The Pod's name (StatefulSet owners: the Pod currently using it).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pod: String,
+    /// The UID of the Pod that uses the address (StatefulSet owners: the
+    /// Pod currently using it); empty in records written before agents
+    /// recorded it. Not part of the owner's identity, but it lets a new
+    /// sandbox of the same Pod take the allocation over: an allocation
+    /// request of a Pod owner with the same namespace, name, interface and
+    /// (non-empty) UID but another container ID re-points this record to
+    /// the new container and keeps the address, instead of allocating
+    /// another one (the kubelet runs one sandbox per Pod, so the older one
+    /// is gone or being torn down). Records without a UID are never taken
+    /// over. The garbage collector also uses it: an allocation whose Pod
+    /// exists with another UID is stale.
+    #[serde(default, rename = "podUID", skip_serializing_if = "String::is_empty")]
+    pub pod_uid: String,
 }
 
 /// The identity of an owner: what makes two allocations the same holder's.
@@ -113,6 +126,7 @@ impl Owner {
             interface: interface.into(),
             container_id: container_id.into(),
             pod: name.into(),
+            pod_uid: String::new(),
         }
     }
 
@@ -133,7 +147,29 @@ impl Owner {
             interface: interface.into(),
             container_id: container_id.into(),
             pod: pod.into(),
+            pod_uid: String::new(),
         }
+    }
+
+    /// The same owner, recording the UID of the Pod that uses the address.
+    pub fn with_pod_uid(mut self, uid: impl Into<String>) -> Owner {
+        self.pod_uid = uid.into();
+        self
+    }
+
+    /// Whether this owner (a new sandbox of a Pod) may take over the
+    /// allocation `holder` has: both are Pod owners of the same namespace,
+    /// Pod name and interface, with the same non-empty Pod UID, under
+    /// different container IDs. See [`Owner::pod_uid`].
+    pub fn may_take_over(&self, holder: &Owner) -> bool {
+        self.kind == OwnerKind::Pod
+            && holder.kind == OwnerKind::Pod
+            && !self.pod_uid.is_empty()
+            && self.pod_uid == holder.pod_uid
+            && self.namespace == holder.namespace
+            && self.name == holder.name
+            && self.interface == holder.interface
+            && self.container_id != holder.container_id
     }
 
     /// The owner's identity.
@@ -203,6 +239,29 @@ mod tests {
             s1.to_string(),
             "StatefulSet default/db ordinal 0 interface eth1"
         );
+        assert_eq!(
+            a.clone().with_pod_uid("u1").key(),
+            a.key(),
+            "the Pod UID is not part of the identity"
+        );
+    }
+
+    #[test]
+    fn takeover_needs_the_same_pod_uid_and_another_container() {
+        let old = Owner::pod("default", "web", "c1", "eth1").with_pod_uid("u1");
+        let new = Owner::pod("default", "web", "c2", "eth1").with_pod_uid("u1");
+        assert!(new.may_take_over(&old));
+        assert!(!new.may_take_over(&new), "not its own record");
+        let other_uid = Owner::pod("default", "web", "c2", "eth1").with_pod_uid("u2");
+        assert!(!other_uid.may_take_over(&old));
+        let legacy = Owner::pod("default", "web", "c1", "eth1");
+        assert!(!new.may_take_over(&legacy), "a record without UID is kept");
+        let no_uid = Owner::pod("default", "web", "c2", "eth1");
+        assert!(!no_uid.may_take_over(&legacy));
+        let other_if = Owner::pod("default", "web", "c2", "eth2").with_pod_uid("u1");
+        assert!(!other_if.may_take_over(&old));
+        let set = Owner::stateful_set("default", "web", 0, "eth1", "web", "c2").with_pod_uid("u1");
+        assert!(!set.may_take_over(&old));
     }
 
     #[test]
@@ -221,6 +280,15 @@ mod tests {
         );
         let j = serde_json::to_value(&b).unwrap();
         assert_eq!(j["spec"]["allocations"][0]["owner"]["containerId"], "abc");
+        assert!(
+            j["spec"]["allocations"][0]["owner"].get("podUID").is_none(),
+            "an empty UID is not written"
+        );
         assert_eq!(serde_json::from_value::<IPAMBlock>(j).unwrap(), b);
+        let mut b2 = b.clone();
+        b2.spec.allocations[0].owner.pod_uid = "u-1".into();
+        let j = serde_json::to_value(&b2).unwrap();
+        assert_eq!(j["spec"]["allocations"][0]["owner"]["podUID"], "u-1");
+        assert_eq!(serde_json::from_value::<IPAMBlock>(j).unwrap(), b2);
     }
 }

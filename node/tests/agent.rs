@@ -702,3 +702,72 @@ async fn a_fault_at_any_point_of_an_add_leaves_nothing_behind() {
     }
     assert!(leftovers.is_empty(), "left behind: {leftovers:#?}");
 }
+
+#[tokio::test]
+async fn a_new_sandbox_after_one_died_without_del_keeps_the_pods_addresses() {
+    let env = env(ONE_BRIDGE).await;
+    ready(&env).await;
+    pod(&env, "web", "vlan100").await;
+    pod(&env, "other", "vlan100").await;
+    wait_pod(&env, "web").await;
+    wait_pod(&env, "other").await;
+    // Sandbox `cid` of Pod web, in its own network namespace.
+    let of = |command: Command, cid: &str| {
+        let mut r = request(command, "web", chained(), "eth0");
+        r.container_id = Some(cid.to_string());
+        r.netns = Some(format!("/var/run/netns/test-web-{cid}"));
+        r
+    };
+    let addresses = |out: &Value| -> Vec<String> {
+        let r = CniResult::parse(out).unwrap();
+        let eth1 = r.interfaces.iter().position(|i| i.name == "eth1").unwrap();
+        r.ips
+            .iter()
+            .filter(|i| i.interface == Some(eth1))
+            .map(|i| i.address.to_string())
+            .collect()
+    };
+    env.links.add_netns(Path::new("/var/run/netns/test-web-c1"));
+    let first = env.agent.handle(&of(Command::Add, "c1")).await.unwrap();
+    let first = addresses(&first);
+    assert_eq!(first.len(), 2);
+    let uid = {
+        let held = stored(&env.server);
+        let (_, _, o) = held.values().next().unwrap();
+        assert!(!o.pod_uid.is_empty(), "the agent records the Pod's UID");
+        o.pod_uid.clone()
+    };
+    // Another Pod takes the next addresses, so fresh ones would differ.
+    sandbox(&env, "other");
+    env.agent
+        .handle(&request(Command::Add, "other", chained(), "eth0"))
+        .await
+        .unwrap();
+    // The node reboots: sandbox c1 is gone and no DEL ever comes; the
+    // kubelet starts sandbox c2 for the same Pod.
+    env.links
+        .remove_netns(Path::new("/var/run/netns/test-web-c1"));
+    env.links.add_netns(Path::new("/var/run/netns/test-web-c2"));
+    let second = env.agent.handle(&of(Command::Add, "c2")).await.unwrap();
+    assert_eq!(addresses(&second), first, "the same addresses");
+    let web = |held: &BTreeMap<std::net::IpAddr, (String, String, spur_core::ipamblock::Owner)>| {
+        let mut v: Vec<(String, String)> = held
+            .values()
+            .filter(|(_, _, o)| o.pod == "web")
+            .map(|(_, _, o)| (o.container_id.clone(), o.pod_uid.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    let held = stored(&env.server);
+    assert_eq!(held.len(), 4, "nothing is held twice: {held:?}");
+    assert_eq!(web(&held), vec![("c2".into(), uid.clone()); 2]);
+    // A late DEL of c1 changes nothing of the addresses.
+    env.agent.handle(&of(Command::Del, "c1")).await.unwrap();
+    assert_eq!(stored(&env.server), held);
+    // The DEL of c2 frees them.
+    env.agent.handle(&of(Command::Del, "c2")).await.unwrap();
+    let left = stored(&env.server);
+    assert_eq!(left.len(), 2);
+    assert!(left.values().all(|(_, _, o)| o.pod == "other"), "{left:?}");
+}

@@ -669,3 +669,189 @@ async fn a_late_stale_block_version_does_not_make_the_node_conflict_with_itself(
     let stats = server.stats()["ipamblocks"].clone();
     assert_eq!((stats.writes, stats.conflicts), (1, 0));
 }
+
+/// A sandbox of Pod `name` (UID `uid`) with container `container`.
+fn sandbox(name: &str, uid: &str, container: &str) -> Owner {
+    Owner::pod("default", name, container, "eth1").with_pod_uid(uid)
+}
+
+#[tokio::test]
+async fn a_new_sandbox_of_the_same_pod_takes_over_its_addresses() {
+    let server = server().await;
+    pool(&server, "v4", &["10.70.0.0/24"], "10.70.0.1", 24).await;
+    pool(&server, "v6", &["fd00:70::/120"], "fd00:70::1", 64).await;
+    let a = agent(&server, 30, &["v4", "v6"]).await;
+    let c1 = sandbox("web", "u1", "c1");
+    let first = a
+        .allocate(&req("node-a", c1.clone(), &["v4", "v6"]))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    // Another Pod allocates in between: a new address would differ.
+    a.allocate(&req("node-a", pod("other"), &["v4", "v6"]))
+        .await
+        .unwrap();
+    // The sandbox died without DEL; the next one of the same Pod.
+    let c2 = sandbox("web", "u1", "c2");
+    let again = a
+        .allocate(&req("node-a", c2.clone(), &["v4", "v6"]))
+        .await
+        .unwrap();
+    assert_eq!(again, first, "the same addresses");
+    let s = stored(&server);
+    assert_eq!(s.len(), 4, "nothing is held twice");
+    for got in &first {
+        let o = &s[&got.ip()].2;
+        assert_eq!((o.container_id.as_str(), o.pod_uid.as_str()), ("c2", "u1"));
+    }
+    assert!(held_by(&server, &c1.key()).is_empty());
+    // A late DEL of c1 finds nothing; the addresses stay c2's.
+    assert_eq!(a.release(&c1.key()).await.unwrap(), 0);
+    assert_eq!(held_by(&server, &c2.key()).len(), 2);
+    // A retry of c2 writes nothing.
+    server.reset_stats();
+    assert_eq!(
+        a.allocate(&req("node-a", c2.clone(), &["v4", "v6"]))
+            .await
+            .unwrap(),
+        first
+    );
+    assert_eq!(server.stats().get("ipamblocks").map_or(0, |s| s.writes), 0);
+    // A DEL of c2 frees them.
+    assert_eq!(a.release(&c2.key()).await.unwrap(), 2);
+    assert_eq!(stored(&server).len(), 2, "only the other Pod's remain");
+    assert_eq!(a.pending_work(), PendingWork::default());
+}
+
+#[tokio::test]
+async fn a_fixed_address_follows_the_pod_to_its_new_sandbox_only() {
+    let server = server().await;
+    pool(&server, "p", &["10.71.0.0/24"], "10.71.0.1", 24).await;
+    let a = agent(&server, 31, &["p"]).await;
+    let fixed = ip("10.71.0.77");
+    let c1 = sandbox("db", "u1", "c1");
+    let got = a
+        .allocate(&req("node-a", c1.clone(), &["p"]).with_address(fixed))
+        .await
+        .unwrap();
+    assert_eq!(got[0].ip(), fixed);
+    let c2 = sandbox("db", "u1", "c2");
+    let got = a
+        .allocate(&req("node-a", c2.clone(), &["p"]).with_address(fixed))
+        .await
+        .unwrap();
+    assert_eq!(got[0].ip(), fixed);
+    assert_eq!(held_by(&server, &c2.key()), vec![fixed]);
+    // A recreated Pod of the same name (another UID) is refused while the
+    // old one's allocation stands, naming the holder.
+    let other = sandbox("db", "u2", "c3");
+    let e = a
+        .allocate(&req("node-a", other.clone(), &["p"]).with_address(fixed))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AddressInUse);
+    assert!(e.to_string().contains("container c2"), "{e}");
+    // A record without UID (written by an older agent) is not taken over.
+    let legacy = Owner::pod("default", "old", "c1", "eth1");
+    let fixed2 = ip("10.71.0.78");
+    a.allocate(&req("node-a", legacy, &["p"]).with_address(fixed2))
+        .await
+        .unwrap();
+    let e = a
+        .allocate(&req("node-a", sandbox("old", "u5", "c2"), &["p"]).with_address(fixed2))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AddressInUse);
+}
+
+#[tokio::test]
+async fn a_new_sandbox_takes_over_from_the_pool_it_was_in() {
+    let server = server().await;
+    pool(&server, "small", &["10.72.0.0/30"], "10.72.0.1", 30).await;
+    pool(&server, "big", &["10.73.0.0/24"], "10.73.0.1", 24).await;
+    let a = agent(&server, 32, &["small", "big"]).await;
+    // `small` has one address; it is taken, so c1 lands in `big`.
+    let filler = a
+        .allocate(&req("node-a", pod("filler"), &["small"]))
+        .await
+        .unwrap();
+    let c1 = sandbox("web", "u1", "c1");
+    let first = a
+        .allocate(&req("node-a", c1.clone(), &["small", "big"]))
+        .await
+        .unwrap();
+    assert_eq!(first[0].pool, "big");
+    // `small` has room again when c2 comes: it still takes over in `big`.
+    a.release(&pod("filler").key()).await.unwrap();
+    let c2 = sandbox("web", "u1", "c2");
+    let again = a
+        .allocate(&req("node-a", c2.clone(), &["small", "big"]))
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(stored(&server).len(), 1);
+    assert_ne!(filler[0].ip(), again[0].ip());
+}
+
+#[tokio::test]
+async fn concurrent_adds_of_two_sandboxes_of_one_pod_interface_serialize() {
+    let server = server().await;
+    pool(&server, "p", &["10.74.0.0/24"], "10.74.0.1", 24).await;
+    let a = agent(&server, 33, &["p"]).await;
+    let c1 = sandbox("web", "u1", "c1");
+    let first = a.allocate(&req("node-a", c1, &["p"])).await.unwrap();
+    let r2 = req("node-a", sandbox("web", "u1", "c2"), &["p"]);
+    let r3 = req("node-a", sandbox("web", "u1", "c3"), &["p"]);
+    let (g2, g3) = tokio::join!(a.allocate(&r2), a.allocate(&r3));
+    assert_eq!(g2.unwrap(), first);
+    assert_eq!(g3.unwrap(), first);
+    let s = stored(&server);
+    assert_eq!(s.len(), 1, "one address for the Pod interface");
+    assert!(["c2", "c3"].contains(&s[&first[0].ip()].2.container_id.as_str()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_takeover_gives_the_records_back() {
+    let server = server().await;
+    pool(&server, "v4", &["10.75.0.0/24"], "10.75.0.1", 24).await;
+    pool(&server, "v6", &["fd00:75::/120"], "fd00:75::1", 64).await;
+    let a = agent(&server, 34, &["v4", "v6"]).await;
+    let c1 = sandbox("ds", "u1", "c1");
+    let first = a
+        .allocate(&req("node-a", c1.clone(), &["v4", "v6"]))
+        .await
+        .unwrap();
+    server.faults().next(
+        Matcher {
+            path_contains: Some("v6-".into()),
+            ..Matcher::writes_to("ipamblocks")
+        },
+        Fault::Status(503),
+        100_000,
+    );
+    let c2 = sandbox("ds", "u1", "c2");
+    let e = a
+        .allocate(&req("node-a", c2.clone(), &["v4", "v6"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::TryAgainLater, "{e}");
+    // The IPv4 record went back to c1 before the error returned.
+    let v4 = first[0].ip();
+    assert_eq!(stored(&server)[&v4].2, c1);
+    server.faults().clear();
+    a.settle().await.unwrap();
+    assert_eq!(a.pending_work(), PendingWork::default());
+    let mut held = held_by(&server, &c1.key());
+    held.sort();
+    let mut want: Vec<_> = first.iter().map(|g| g.ip()).collect();
+    want.sort();
+    assert_eq!(held, want, "c1 holds what it held before the call");
+    // The next sandbox takes both over.
+    let c3 = sandbox("ds", "u1", "c3");
+    let got = a
+        .allocate(&req("node-a", c3.clone(), &["v4", "v6"]))
+        .await
+        .unwrap();
+    assert_eq!(got, first);
+    assert_eq!(stored(&server).len(), 2);
+}

@@ -86,6 +86,11 @@ struct Attached {
 
 struct Call {
     pod: PodRef,
+    /// The Pod's UID as the Pod cache has it (the runtime's when the cache
+    /// has none), recorded in the owners of an ADD so that a later sandbox
+    /// of the same Pod takes their addresses over; empty until the ADD
+    /// looked the Pod up.
+    pod_uid: String,
     container_id: String,
     netns: String,
     ifname: String,
@@ -100,6 +105,7 @@ fn call(req: &AgentRequest) -> Result<Call, CniError> {
     })?;
     Ok(Call {
         pod,
+        pod_uid: String::new(),
         container_id: req.container_id.clone().unwrap_or_default(),
         netns: req.netns.clone().unwrap_or_default(),
         ifname: req.ifname.clone().unwrap_or_default(),
@@ -172,7 +178,7 @@ impl Agent {
                 self.node()
             )));
         }
-        let c = call(req)?;
+        let mut c = call(req)?;
         let role = role(&req.config)?;
         let info = self
             .cluster
@@ -193,6 +199,11 @@ impl Agent {
                 )));
             }
         }
+        c.pod_uid = info
+            .uid
+            .clone()
+            .or_else(|| c.pod.uid.clone())
+            .unwrap_or_default();
         let ns_ann = self.cluster.namespace_annotations(&c.pod.namespace);
         let view = PodView {
             namespace: &c.pod.namespace,
@@ -244,7 +255,8 @@ impl Agent {
                 let ips = runtime_ips(&req.config)?;
                 let plan = plan_ipam(&view, &network, &ipam, &c.ifname, &ips, &pools)
                     .map_err(attach_error)?;
-                let owner = Owner::pod(&c.pod.namespace, &c.pod.name, &c.container_id, &c.ifname);
+                let owner = Owner::pod(&c.pod.namespace, &c.pod.name, &c.container_id, &c.ifname)
+                    .with_pod_uid(&c.pod_uid);
                 let allocated = if plan.pools.is_empty() {
                     Vec::new()
                 } else {
@@ -312,7 +324,8 @@ impl Agent {
             }
             Err(e) => return Err(CniError::io(format!("network {}: {e}", plan.network))),
         }
-        let owner = Owner::pod(&c.pod.namespace, &c.pod.name, &c.container_id, &plan.ifname);
+        let owner = Owner::pod(&c.pod.namespace, &c.pod.name, &c.container_id, &plan.ifname)
+            .with_pod_uid(&c.pod_uid);
         let allocated = if plan.pools.is_empty() {
             Vec::new()
         } else {

@@ -369,6 +369,13 @@ impl IpamCache {
         self.read(|s| s.pool(pool).and_then(|ix| ix.find_any(key)))
     }
 
+    /// The address `owner` holds in `pool`, or else the one it would take
+    /// over from a previous sandbox of its Pod, with the key of the
+    /// record's current holder, as far as the cache knows.
+    pub fn find_for(&self, pool: &str, owner: &Owner) -> Option<(IpAddr, OwnerKey)> {
+        self.read(|s| s.pool(pool).and_then(|ix| ix.blocks.find_for(owner)))
+    }
+
     /// Every allocation whose owner satisfies `pred`, as (pool, address,
     /// owner). Walks every allocation of every pool: for DEL and garbage
     /// collection, never for the allocation path.

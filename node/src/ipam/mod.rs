@@ -13,7 +13,13 @@
 //!   path) and re-plans after an exponential backoff with jitter.
 //! - Allocations are serialized per pool inside one agent, and operations
 //!   per owner, so concurrent ADDs on one node never conflict with each
-//!   other.
+//!   other. The per-owner lock of a Pod owner is keyed on the Pod's
+//!   namespace, name and interface *without* the container ID, so two
+//!   sandboxes of one Pod interface (a new sandbox's ADD, the old one's
+//!   late DEL or a retried ADD) are serialized too.
+//! - A new sandbox of a Pod takes over the addresses its previous sandbox
+//!   holds for the interface when both owners record the same Pod UID
+//!   (see [`Ipam`] and `spur_core::allocator`).
 //!
 //! See [`Ipam`] for the semantics of a request and for what happens when
 //! the API does not answer.
@@ -188,12 +194,20 @@ struct Doubt {
     owner: Option<OwnerKey>,
 }
 
-/// An address a failed call allocated (or may have) and that must go.
+/// An address a failed call allocated or took over (or may have) and that
+/// must go back: released, or, for a takeover, its record given back to
+/// the previous holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Orphan {
     key: OwnerKey,
     ip: IpAddr,
+    /// The owner the record named before the call took it over.
+    restore: Option<Owner>,
 }
+
+/// What a call wrote for its owner and undoes when it fails: the owner's
+/// key, the address, and for a takeover the previous holder.
+type Fresh = (OwnerKey, IpAddr, Option<Owner>);
 
 #[derive(Debug, Default)]
 struct Pending {
@@ -251,9 +265,9 @@ struct Planned<T> {
     state: BlockState,
     /// The answer once stored.
     then: T,
-    /// The allocation the write adds for the call (undone if the call
-    /// fails).
-    fresh: Option<(OwnerKey, IpAddr)>,
+    /// The allocation the write adds or takes over for the call (undone
+    /// if the call fails).
+    fresh: Option<Fresh>,
     /// The owner whose allocation the write adds or removes.
     owner: Option<OwnerKey>,
 }
@@ -267,7 +281,7 @@ enum Prepared<T> {
 struct Ready<T> {
     write: Write,
     then: T,
-    fresh: Option<(OwnerKey, IpAddr)>,
+    fresh: Option<Fresh>,
     owner: Option<OwnerKey>,
 }
 
@@ -289,13 +303,13 @@ enum PoolOutcome {
 /// dropped by a timeout).
 struct CallGuard<'a> {
     ipam: &'a Ipam,
-    fresh: Vec<(String, OwnerKey, IpAddr)>,
+    fresh: Vec<(String, Fresh)>,
     armed: bool,
 }
 
 impl CallGuard<'_> {
-    fn add(&mut self, pool: &str, key: &OwnerKey, ip: IpAddr) {
-        let item = (pool.to_string(), key.clone(), ip);
+    fn add(&mut self, pool: &str, fresh: &Fresh) {
+        let item = (pool.to_string(), fresh.clone());
         if !self.fresh.contains(&item) {
             self.fresh.push(item);
         }
@@ -303,7 +317,7 @@ impl CallGuard<'_> {
 
     fn remove(&mut self, pool: &str, key: &OwnerKey, ip: IpAddr) {
         self.fresh
-            .retain(|(p, k, i)| !(p == pool && k == key && *i == ip));
+            .retain(|(p, (k, i, _))| !(p == pool && k == key && *i == ip));
     }
 }
 
@@ -313,10 +327,10 @@ impl Drop for CallGuard<'_> {
             return;
         }
         let mut pending = self.ipam.pending();
-        for (pool, key, ip) in self.fresh.drain(..) {
+        for (pool, (key, ip, restore)) in self.fresh.drain(..) {
             tracing::info!(pool = %pool, address = %ip, "allocation of a failed call is left for release");
             let list = pending.orphans.entry(pool).or_default();
-            let o = Orphan { key, ip };
+            let o = Orphan { key, ip, restore };
             if !list.contains(&o) {
                 list.push(o);
             }
@@ -345,6 +359,52 @@ fn release_decision(ix: &PoolIndex, key: &OwnerKey, ip: IpAddr) -> Decision<bool
     }))
 }
 
+/// Undoes what a failed call did to `ip` for `key`: releases it, or, for a
+/// takeover, gives the record back to the owner it named before
+/// (`restore`). Nothing to do when `key` no longer holds it.
+fn undo_decision(
+    ix: &PoolIndex,
+    key: &OwnerKey,
+    ip: IpAddr,
+    restore: Option<&Owner>,
+) -> Decision<bool> {
+    let Some(previous) = restore else {
+        return release_decision(ix, key, ip);
+    };
+    let base = window_of(ip);
+    let offset = offset_of(ip);
+    let Some(mut b) = ix.blocks.block(base).cloned() else {
+        return Decision::Done(false);
+    };
+    if b.owners.get(&offset).is_none_or(|o| o.key() != *key) {
+        return Decision::Done(false);
+    }
+    b.owners.insert(offset, previous.clone());
+    Decision::Write(Box::new(Planned {
+        base,
+        state: b,
+        then: true,
+        fresh: None,
+        owner: Some(key.clone()),
+    }))
+}
+
+/// The key the per-owner lock of `key` is taken on: a Pod owner's without
+/// its container ID, so that every operation on one Pod interface (two
+/// sandboxes' ADDs, a late DEL of the older one) is serialized in this
+/// agent and a takeover never runs beside the other sandbox's allocation
+/// or release of the same interface. Operations of different Pods (and of
+/// a Pod and a recreated Pod of the same name, which merely wait for each
+/// other) are unaffected. StatefulSet keys already name no container.
+fn lock_key(key: &OwnerKey) -> OwnerKey {
+    match key {
+        OwnerKey::Pod(ns, pod, _, interface) => {
+            OwnerKey::Pod(ns.clone(), pod.clone(), String::new(), interface.clone())
+        }
+        other => other.clone(),
+    }
+}
+
 /// The agent's allocator.
 ///
 /// # A request
@@ -357,7 +417,26 @@ fn release_decision(ix: &PoolIndex, key: &OwnerKey, ip: IpAddr) -> Decision<bool
 /// hands it out. The call is idempotent per owner (a retry returns the same
 /// addresses; a StatefulSet ordinal's record is rewritten when a new Pod
 /// uses it) and all or nothing: when a family fails, what the call
-/// allocated in the others is released before it returns.
+/// allocated in the others is released before it returns, and a record it
+/// took over (below) is given back to its previous holder.
+///
+/// # A new sandbox of the same Pod (takeover)
+///
+/// A Pod owner's identity includes the container (sandbox) ID. When a
+/// sandbox dies without a DEL (node reboot, an agent crash in the middle of
+/// an ADD) the kubelet creates another one with a new ID. An owner that
+/// records the Pod's UID ([`Owner::pod_uid`]) takes over, in each pool, the
+/// allocation of a Pod owner with the same namespace, Pod name, interface
+/// and UID under another container: the record is rewritten to the new
+/// container and the address is kept (also when it is a requested fixed
+/// address; held by anyone else, a requested address is refused as
+/// before). The older sandbox's late DEL releases by its own key and finds
+/// nothing once the record names the new container; a DEL of the new
+/// container frees the address. Records without a UID are never taken
+/// over. The per-owner lock is taken on the Pod interface without the
+/// container ID, so a takeover and the other sandbox's ADD or DEL of the
+/// same interface never interleave in one agent; across agents (a Pod is
+/// on one node at a time) the blocks' optimistic concurrency orders them.
 ///
 /// # When the API does not answer
 ///
@@ -466,7 +545,7 @@ impl Ipam {
         let started = Instant::now();
         let bound = self.config.timeout;
         let key = req.owner.key();
-        let _owner = self.lock_owner(&key, started + bound).await?;
+        let _owner = self.lock_owner(&lock_key(&key), started + bound).await?;
         let mut guard = CallGuard {
             ipam: self,
             fresh: Vec::new(),
@@ -502,7 +581,7 @@ impl Ipam {
         let started = Instant::now();
         let bound = self.config.timeout;
         let deadline = started + bound;
-        let _owner = self.lock_owner(key, deadline).await?;
+        let _owner = self.lock_owner(&lock_key(key), deadline).await?;
         let work = async {
             self.wait_ready(deadline).await?;
             let mut pools: BTreeSet<String> = self.cache.read(|s: &CacheState| {
@@ -671,23 +750,26 @@ impl Ipam {
                 });
             }
         }
-        let key = req.owner.key();
         self.precheck_exhaustion(req, &layouts, &families, &requested)?;
 
         let mut out = Vec::new();
-        let mut moves: Vec<(String, IpAddr)> = Vec::new();
+        // (pool, address, its holder's key): the holder is the owner, or a
+        // previous sandbox of its Pod.
+        let mut moves: Vec<(String, IpAddr, OwnerKey)> = Vec::new();
         for &family in &families {
             let pools: Vec<&PoolLayout> = layouts.iter().filter(|l| l.family == family).collect();
             let want = requested.get(&family).copied();
             // An address the owner holds already in a listed pool of the
-            // family is its answer (idempotence), unless another is asked for.
+            // family (or that a previous sandbox of its Pod holds, to take
+            // over) is its answer (idempotence), unless another is asked
+            // for.
             let prior = pools.iter().find_map(|l| {
                 self.cache
-                    .find(&l.name, &key)
-                    .map(|ip| (l.name.clone(), ip))
+                    .find_for(&l.name, &req.owner)
+                    .map(|(ip, holder)| (l.name.clone(), ip, holder))
             });
             let mut order: Vec<&PoolLayout> = Vec::with_capacity(pools.len());
-            if let Some((p, ip)) = &prior {
+            if let Some((p, ip, _)) = &prior {
                 if want.is_none_or(|w| w == *ip) {
                     order.extend(pools.iter().copied().filter(|l| &l.name == p));
                 }
@@ -723,9 +805,9 @@ impl Ipam {
                     },
                 });
             };
-            if let Some((p, old)) = prior {
+            if let Some((p, old, holder)) = prior {
                 if old != ip {
-                    moves.push((p, old));
+                    moves.push((p, old, holder));
                 }
             }
             out.push(Allocated {
@@ -739,12 +821,13 @@ impl Ipam {
                 vlan: layout.vlan,
             });
         }
-        // The owner moved to a requested address: free the one it held.
-        for (pool, ip) in moves {
+        // The owner moved to a requested address: free the one it (or a
+        // previous sandbox of its Pod) held.
+        for (pool, ip, holder) in moves {
             let done = async {
                 let _lock = self.lock_pool(&pool, deadline).await?;
                 self.mutate(&pool, deadline, None, |ix| {
-                    Ok(release_decision(ix, &key, ip))
+                    Ok(release_decision(ix, &holder, ip))
                 })
                 .await
             }
@@ -756,8 +839,9 @@ impl Ipam {
                     .entry(pool)
                     .or_default()
                     .push(Orphan {
-                        key: key.clone(),
+                        key: holder,
                         ip,
+                        restore: None,
                     });
             }
         }
@@ -812,6 +896,13 @@ impl Ipam {
         let key = req.owner.key();
         self.mutate(pool, deadline, Some(guard), |ix| {
             let plan = ix.blocks.plan(&req.node, &req.owner, want);
+            // For a takeover, who the record named before.
+            let previous = match plan {
+                Plan::Held {
+                    ip, refresh: true, ..
+                } => ix.blocks.holder(ip).filter(|h| h.key() != key).cloned(),
+                _ => None,
+            };
             let write = |then: IpAddr, fresh: bool| {
                 let (base, state) =
                     ix.blocks
@@ -824,7 +915,11 @@ impl Ipam {
                     base,
                     state,
                     then: PoolOutcome::Got(then),
-                    fresh: fresh.then(|| (key.clone(), then)),
+                    fresh: if fresh {
+                        Some((key.clone(), then, None))
+                    } else {
+                        previous.clone().map(|p| (key.clone(), then, Some(p)))
+                    },
                     owner: Some(key.clone()),
                 })))
             };
@@ -852,11 +947,11 @@ impl Ipam {
     /// stays in the guard and becomes an orphan.
     async fn rollback(&self, guard: &mut CallGuard<'_>, deadline: Instant) {
         let list = guard.fresh.clone();
-        for (pool, key, ip) in list {
+        for (pool, (key, ip, restore)) in list {
             let done = async {
                 let _lock = self.lock_pool(&pool, deadline).await?;
                 self.mutate(&pool, deadline, None, |ix| {
-                    Ok(release_decision(ix, &key, ip))
+                    Ok(undo_decision(ix, &key, ip, restore.as_ref()))
                 })
                 .await
             }
@@ -889,7 +984,12 @@ impl Ipam {
             }
             let released = self
                 .mutate(pool, deadline, None, |ix| {
-                    Ok(release_decision(ix, &orphan.key, orphan.ip))
+                    Ok(undo_decision(
+                        ix,
+                        &orphan.key,
+                        orphan.ip,
+                        orphan.restore.as_ref(),
+                    ))
                 })
                 .await?;
             if released {
@@ -980,13 +1080,13 @@ impl Ipam {
                 (write, then, fresh, owner)
             }
         };
-        if let (Some(g), Some((k, ip))) = (guard.as_deref_mut(), &fresh) {
-            g.add(pool, k, *ip);
+        if let (Some(g), Some(f)) = (guard.as_deref_mut(), &fresh) {
+            g.add(pool, f);
         }
         let id = self.add_doubt(pool, &write, owner);
         let not_applied = |g: Option<&mut CallGuard<'_>>| {
             self.clear_doubt(pool, id);
-            if let (Some(g), Some((k, ip))) = (g, &fresh) {
+            if let (Some(g), Some((k, ip, _))) = (g, &fresh) {
                 g.remove(pool, k, *ip);
             }
         };
