@@ -194,9 +194,96 @@ pub struct WatchSpec {
 }
 
 struct Watcher {
-    id: u64,
     spec: WatchSpec,
     tx: mpsc::UnboundedSender<WatchEvent>,
+}
+
+/// The open watches, indexed so that a change is offered only to the
+/// watches that can see it: by resource, and, for a watch whose field
+/// selector asks for one value of a field (a kubelet's or an agent's
+/// `spec.nodeName=NODE`), by that value, as kube-apiserver's watch cache
+/// indexes Pods by node. Ids ascend in creation order; every iteration is
+/// in id order, so watchers are served in the same order in every run.
+#[derive(Default)]
+struct Watchers {
+    all: BTreeMap<u64, Watcher>,
+    /// Store key -> watches of that resource.
+    by_key: BTreeMap<StoreKey, KeyWatchers>,
+}
+
+#[derive(Default)]
+struct KeyWatchers {
+    /// Watches not indexed by a field.
+    any: BTreeSet<u64>,
+    /// (field path, value) -> watches asking for exactly that value.
+    by_field: BTreeMap<(String, String), BTreeSet<u64>>,
+}
+
+impl Watchers {
+    fn insert(&mut self, id: u64, w: Watcher) {
+        let group = self.by_key.entry(w.spec.resource.store_key()).or_default();
+        match indexed_field(&w.spec) {
+            Some(f) => {
+                group.by_field.entry(f).or_default().insert(id);
+            }
+            None => {
+                group.any.insert(id);
+            }
+        }
+        self.all.insert(id, w);
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(w) = self.all.remove(&id) else {
+            return;
+        };
+        if let Some(group) = self.by_key.get_mut(&w.spec.resource.store_key()) {
+            match indexed_field(&w.spec) {
+                Some(f) => {
+                    if let Some(set) = group.by_field.get_mut(&f) {
+                        set.remove(&id);
+                        if set.is_empty() {
+                            group.by_field.remove(&f);
+                        }
+                    }
+                }
+                None => {
+                    group.any.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// The watches that may see a change of `key` from `old` to `new`, in
+    /// id order.
+    fn candidates(&self, key: &StoreKey, new: &Value, old: Option<&Value>) -> Vec<u64> {
+        let Some(group) = self.by_key.get(key) else {
+            return Vec::new();
+        };
+        let mut ids: BTreeSet<u64> = group.any.clone();
+        if !group.by_field.is_empty() {
+            let paths: BTreeSet<&str> = group.by_field.keys().map(|(p, _)| p.as_str()).collect();
+            for path in paths {
+                for obj in std::iter::once(new).chain(old) {
+                    let v = crate::selectors::field_value(obj, path);
+                    if let Some(set) = group.by_field.get(&(path.to_string(), v)) {
+                        ids.extend(set);
+                    }
+                }
+            }
+        }
+        ids.into_iter().collect()
+    }
+}
+
+/// The (path, value) a watch is indexed by: its field selector's first
+/// equality requirement.
+fn indexed_field(spec: &WatchSpec) -> Option<(String, String)> {
+    spec.fields
+        .requirements
+        .iter()
+        .find(|r| r.operator == crate::selectors::FieldOperator::Equals)
+        .map(|r| (r.path.clone(), r.value.clone()))
 }
 
 /// Options of a list.
@@ -250,7 +337,7 @@ pub struct Store {
     log: VecDeque<Logged>,
     compacted_rv: u64,
     history_limit: usize,
-    watchers: Vec<Watcher>,
+    watchers: Watchers,
     next_watch_id: u64,
     rng: ChaCha8Rng,
     clock: Arc<dyn Clock>,
@@ -279,7 +366,7 @@ impl Store {
             log: VecDeque::new(),
             compacted_rv: 0,
             history_limit: 100_000,
-            watchers: Vec::new(),
+            watchers: Watchers::default(),
             next_watch_id: 1,
             rng: ChaCha8Rng::seed_from_u64(seed),
             clock,
@@ -1342,10 +1429,16 @@ impl Store {
     }
 
     fn emit(&mut self, ev: Logged) {
-        self.watchers.retain(|w| !w.tx.is_closed());
         // One copy of the object per served version, shared by its watchers.
         let mut copies: Vec<(String, Arc<SharedObject>)> = Vec::new();
-        for w in &self.watchers {
+        let mut closed = Vec::new();
+        for id in self
+            .watchers
+            .candidates(&ev.key, &ev.object, ev.old.as_ref())
+        {
+            let Some(w) = self.watchers.all.get(&id) else {
+                continue;
+            };
             let Some(type_) = event_type_for(&w.spec, &ev) else {
                 continue;
             };
@@ -1358,7 +1451,12 @@ impl Store {
                     o
                 }
             };
-            let _ = w.tx.send(WatchEvent { type_, object });
+            if w.tx.send(WatchEvent { type_, object }).is_err() {
+                closed.push(id);
+            }
+        }
+        for id in closed {
+            self.watchers.remove(id);
         }
         self.log.push_back(ev);
         self.trim_log();
@@ -1436,16 +1534,25 @@ impl Store {
         }
         let id = self.next_watch_id;
         self.next_watch_id += 1;
-        self.watchers.push(Watcher { id, spec, tx });
+        self.watchers.insert(id, Watcher { spec, tx });
         Ok((id, rx))
     }
 
     /// Sends a BOOKMARK at the current resourceVersion to every watch that
     /// asked for bookmarks (the embedder calls this on its own timer).
     pub fn send_bookmarks(&mut self) {
-        self.watchers.retain(|w| !w.tx.is_closed());
+        let closed: Vec<u64> = self
+            .watchers
+            .all
+            .iter()
+            .filter(|(_, w)| w.tx.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in closed {
+            self.watchers.remove(id);
+        }
         let rv = self.rv.to_string();
-        for w in &self.watchers {
+        for w in self.watchers.all.values() {
             if w.spec.bookmarks {
                 let _ = w.tx.send(WatchEvent {
                     type_: EventType::Bookmark,
@@ -1458,26 +1565,30 @@ impl Store {
 
     /// Ends every watch stream (clients see the connection close).
     pub fn drop_watches(&mut self) {
-        self.watchers.clear();
+        self.watchers = Watchers::default();
     }
 
     /// Ends every watch with a 410 Gone error event and compacts the log,
     /// so clients must list again.
     pub fn expire_watches(&mut self) {
         self.compact();
-        for w in self.watchers.drain(..) {
+        for w in std::mem::take(&mut self.watchers).all.into_values() {
             let _ = w.tx.send(gone_event(self.rv, self.rv));
         }
     }
 
     /// Ends one watch.
     pub fn stop_watch(&mut self, id: u64) {
-        self.watchers.retain(|w| w.id != id);
+        self.watchers.remove(id);
     }
 
     /// Number of open watches.
     pub fn watch_count(&self) -> usize {
-        self.watchers.iter().filter(|w| !w.tx.is_closed()).count()
+        self.watchers
+            .all
+            .values()
+            .filter(|w| !w.tx.is_closed())
+            .count()
     }
 }
 
