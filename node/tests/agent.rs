@@ -771,3 +771,50 @@ async fn a_new_sandbox_after_one_died_without_del_keeps_the_pods_addresses() {
     assert_eq!(left.len(), 2);
     assert!(left.values().all(|(_, _, o)| o.pod == "other"), "{left:?}");
 }
+
+#[tokio::test]
+async fn a_failed_add_that_took_over_gives_the_addresses_back_to_the_dead_sandbox() {
+    // Found by the simulator: the new sandbox took the Pod's addresses over
+    // from the dead one, then failed at a later step; its undo released
+    // them, and another Pod waiting for a free address got them.
+    let env = env(ONE_BRIDGE).await;
+    ready(&env).await;
+    pod(&env, "web", "vlan100").await;
+    wait_pod(&env, "web").await;
+    let of = |command: Command, cid: &str| {
+        let mut r = request(command, "web", chained(), "eth0");
+        r.container_id = Some(cid.to_string());
+        r.netns = Some(format!("/var/run/netns/test-web-{cid}"));
+        r
+    };
+    env.links.add_netns(Path::new("/var/run/netns/test-web-c1"));
+    env.agent.handle(&of(Command::Add, "c1")).await.unwrap();
+    let before = stored(&env.server);
+    assert_eq!(before.len(), 2);
+    // Sandbox c1 dies without DEL; c2's ADD takes over, then fails making
+    // its link.
+    env.links
+        .remove_netns(Path::new("/var/run/netns/test-web-c1"));
+    env.links.add_netns(Path::new("/var/run/netns/test-web-c2"));
+    env.links.fail_create("eth1");
+    let e = env.agent.handle(&of(Command::Add, "c2")).await.unwrap_err();
+    assert!(e.msg.contains("injected"), "{}", e.msg);
+    // The records name c1 again, addresses unchanged: the failed ADD left
+    // the IPAM as it found it.
+    assert_eq!(stored(&env.server), before);
+    // The kubelet's DEL of c2 changes nothing; c3 takes them over.
+    env.agent.handle(&of(Command::Del, "c2")).await.unwrap();
+    assert_eq!(stored(&env.server), before);
+    env.links.unfail_create("eth1");
+    env.links.add_netns(Path::new("/var/run/netns/test-web-c3"));
+    env.agent.handle(&of(Command::Add, "c3")).await.unwrap();
+    let after = stored(&env.server);
+    let addrs = |m: &BTreeMap<std::net::IpAddr, (String, String, spur_core::ipamblock::Owner)>| {
+        m.keys().copied().collect::<Vec<_>>()
+    };
+    assert_eq!(addrs(&after), addrs(&before));
+    assert!(
+        after.values().all(|(_, _, o)| o.container_id == "c3"),
+        "{after:?}"
+    );
+}

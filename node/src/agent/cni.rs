@@ -72,9 +72,14 @@ fn role(config: &Value) -> Result<Role, CniError> {
 /// One step of an ADD, and how to undo it.
 #[derive(Debug)]
 enum Undo {
-    Release(OwnerKey),
+    /// An allocation: released, or, where it took over a dead sandbox's
+    /// record, given back to it.
+    Allocation(OwnerKey, Vec<Allocated>),
     Link(String),
-    Port { bridge: String, port: String },
+    Port {
+        bridge: String,
+        port: String,
+    },
 }
 
 /// One interface an ADD created.
@@ -274,7 +279,7 @@ impl Agent {
                         Ok(r.render(req.cni_version))
                     }
                     Err(e) => {
-                        let _ = self.ipam.release(&owner.key()).await;
+                        let _ = self.ipam.undo(&owner.key(), &allocated).await;
                         Err(CniError::from(e))
                     }
                 }
@@ -336,7 +341,7 @@ impl Agent {
                 .allocate(&r)
                 .await
                 .map_err(|e| ipam_error(&plan.network, e))?;
-            undo.push(Undo::Release(owner.key()));
+            undo.push(Undo::Allocation(owner.key(), a.clone()));
             a
         };
         let config = interface_config(plan, &pool_addresses(&allocated), &c.container_id)
@@ -420,11 +425,10 @@ impl Agent {
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
-                Undo::Release(key) => self
+                Undo::Allocation(key, allocated) => self
                     .ipam
-                    .release(key)
+                    .undo(key, allocated)
                     .await
-                    .map(|_| ())
                     .map_err(|e| e.to_string()),
             };
             if let Err(e) = res {

@@ -130,6 +130,10 @@ pub struct Allocated {
     pub gateway: IpAddr,
     /// The pool's VLAN (0: untagged or unset).
     pub vlan: u16,
+    /// When this call took the address over from a dead sandbox of the same
+    /// Pod: the owner the record named before. [`Ipam::undo`] gives the
+    /// record back to it.
+    pub taken_over_from: Option<Owner>,
 }
 
 impl Allocated {
@@ -572,7 +576,59 @@ impl Ipam {
         if let Err(e) = &res {
             tracing::info!(owner = %req.owner, error = %e, "allocation failed");
         }
-        res
+        res.map(|mut out| {
+            for a in &mut out {
+                a.taken_over_from = guard
+                    .fresh
+                    .iter()
+                    .find(|(pool, (_, ip, _))| *pool == a.pool && *ip == a.ip())
+                    .and_then(|(_, (_, _, restore))| restore.clone());
+            }
+            out
+        })
+    }
+
+    /// Undoes a successful [`Ipam::allocate`] of `key` whose caller failed
+    /// later (an ADD that could not finish): releases the addresses it
+    /// allocated, and gives the records it took over back to the owners
+    /// they named before, so the failed call leaves the IPAM as it found
+    /// it. What cannot be undone now is kept and done by a later operation
+    /// on the pool (or [`Ipam::settle`]). Bounded like [`Ipam::allocate`].
+    pub async fn undo(&self, key: &OwnerKey, allocated: &[Allocated]) -> Result<(), IpamError> {
+        let started = Instant::now();
+        let deadline = started + self.config.timeout;
+        let _owner = self.lock_owner(&lock_key(key), deadline).await?;
+        let mut first_error = None;
+        for a in allocated {
+            let ip = a.ip();
+            let restore = a.taken_over_from.clone();
+            let done = async {
+                let _lock = self.lock_pool(&a.pool, deadline).await?;
+                self.mutate(&a.pool, deadline, None, |ix| {
+                    Ok(undo_decision(ix, key, ip, restore.as_ref()))
+                })
+                .await
+            };
+            if let Err(e) = timeout_at(deadline, done).await.unwrap_or_else(|_| {
+                Err(IpamError::Unavailable {
+                    what: format!("no answer within {:?}", self.config.timeout),
+                })
+            }) {
+                tracing::warn!(pool = %a.pool, address = %ip, error = %e, "cannot undo an allocation now; left for later");
+                let o = Orphan {
+                    key: key.clone(),
+                    ip,
+                    restore,
+                };
+                let mut p = self.pending();
+                let list = p.orphans.entry(a.pool.clone()).or_default();
+                if !list.contains(&o) {
+                    list.push(o);
+                }
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Releases every address `key` holds, in every pool. Succeeds with 0
@@ -819,6 +875,7 @@ impl Ipam {
                     })?,
                 gateway: layout.gateway,
                 vlan: layout.vlan,
+                taken_over_from: None,
             });
         }
         // The owner moved to a requested address: free the one it (or a
