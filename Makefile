@@ -3,19 +3,40 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test demo crds fmt lint deps-test deps-demo clean bench-ipam bench-alloc bench-cni validate-deploy
+.PHONY: all build test demo crds fmt lint deps-test deps-demo clean bench-ipam bench-alloc bench-cni bench-sim sim-seeds sim-soak validate-deploy
 
 all: build
 
 build:
 	$(CARGO) build --workspace --all-targets
 
-## test: install what is missing, then formatting, lints and every test.
+## test: install what is missing, then formatting, lints, every test, and
+## every testbed in the simulator for 200 seeds with the default faults.
 test: deps-test
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) test --workspace --locked
 	python3 scripts/validate-deploy.py
+	$(MAKE) sim-seeds
+
+## sim-seeds: every testbed under testbeds/ in the simulator (release build),
+## SIM_SEEDS seeds with SIM_FAULTS faults (default 1..201, default).
+SIM_SEEDS ?= 1..201
+SIM_FAULTS ?= default
+sim-seeds:
+	$(CARGO) build -q --release --locked -p spur-sim
+	scripts/sim-seeds.sh $(SIM_SEEDS) $(SIM_FAULTS)
+
+## sim-soak: the same for 10,000 seeds (about an hour on two cores).
+sim-soak:
+	$(MAKE) sim-seeds SIM_SEEDS=1..10001
+
+## bench-sim: the simulator's cluster mode, 1,000 nodes x 30 Pods by
+## default (BENCH_SIM_ARGS: --nodes N --pods-per-node P --seed S); ends with
+## the line `sim-bench nodes=N pods=P wall_s=W allocs_per_s=A api_requests_per_alloc=Q`.
+bench-sim:
+	$(CARGO) build -q --release --locked -p spur-sim
+	target/release/spur-sim bench $(BENCH_SIM_ARGS)
 
 ## demo: runs the seed-example testbed on real Open vSwitch in network
 ## namespaces (root; installs what is missing) and prints the report.

@@ -1,7 +1,10 @@
 //! `spur-hil run` (the real binary) on every testbed directory of the
 //! repository, one after another: each must exit 0 (every expectation
 //! holds, nothing leaked), and the seed example's JSON report must parse
-//! with every Pod ready.
+//! with every Pod ready. Each testbed also runs in the simulator
+//! (`spur-sim run DIR --faults none`), and the two reports must agree on
+//! every field the testbed format says they agree on
+//! (`spur_testbed::compare_reports`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
@@ -11,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use spur_testbed::Report;
+use spur_testbed::{compare_reports, Report, Testbed};
 
 /// Every directory under `testbeds/` holding a `testbed.yaml` (the
 /// crates' own directories have none), sorted.
@@ -72,6 +75,31 @@ fn every_testbed_passes_on_this_machine() {
             "{name}: exit 0 with failures {:?}",
             report.failures
         );
+        // The simulator's answers for the same testbed.
+        let sim_json = out_dir.path().join(format!("{name}.sim.json"));
+        let sim = Command::new(bins.join("spur-sim"))
+            .args(["run"])
+            .arg(dir)
+            .args(["--faults", "none", "--seed", "1", "--json"])
+            .arg(&sim_json)
+            .output()
+            .unwrap();
+        if !sim.status.success() {
+            failed.push(format!(
+                "{name}: spur-sim: {}\n{}",
+                sim.status,
+                String::from_utf8_lossy(&sim.stdout)
+            ));
+            continue;
+        }
+        let sim_report = Report::from_json(&std::fs::read_to_string(&sim_json).unwrap()).unwrap();
+        let testbed = Testbed::load(dir).unwrap();
+        let differ = compare_reports(&report, &sim_report, &testbed.expect);
+        if !differ.is_empty() {
+            failed.push(format!(
+                "{name}: the harness and the simulator disagree: {differ:#?}"
+            ));
+        }
         if name == "seed-example" {
             assert!(!report.pods.is_empty());
             for p in &report.pods {

@@ -47,6 +47,8 @@ pub fn workspace_bins() -> PathBuf {
         "spur-cni",
         "-p",
         "spur-controller",
+        "-p",
+        "spur-sim",
     ]);
     // The test binary lives in <target>/<profile>/deps; build the same profile.
     if dir.ends_with("release") {
