@@ -980,7 +980,7 @@ impl World {
             }
             Fault::Scale(w, by) => {
                 if let Some((kind, ns, name)) = self.workload_refs().get(*w) {
-                    self.scale(kind, ns, name, i64::from(*by)).await;
+                    self.scale(kind, ns, name, i64::from(*by), false).await;
                 }
             }
             Fault::EditNad(n) => {
@@ -1040,10 +1040,13 @@ impl World {
                             ),
                         );
                         if r.is_ok() {
-                            let back = json!({"spec": {"ipRanges": old, "subnetInfo": pool.spec.subnet_info}});
-                            let _ = api
-                                .patch(name, &PatchParams::default(), &Patch::Merge(back))
-                                .await;
+                            let back = Patch::Merge(json!({"spec": {
+                                "ipRanges": old, "subnetInfo": pool.spec.subnet_info}}));
+                            let pp = PatchParams::default();
+                            self.until_ok("moving the pool's ranges back", || {
+                                api.patch(name, &pp, &back)
+                            })
+                            .await;
                         }
                     }
                 }
@@ -1077,13 +1080,16 @@ impl World {
             }
             Fault::ChurnPods(_) => {
                 let pods: Api<Pod> = Api::namespaced(self.client.clone(), CHURN_NAMESPACE);
-                let _ = pods
-                    .delete_collection(&DeleteParams::default(), &ListParams::default())
-                    .await;
+                let (dp, lp) = (DeleteParams::default(), ListParams::default());
+                self.until_ok("deleting the churn Pods", || {
+                    pods.delete_collection(&dp, &lp)
+                })
+                .await;
             }
             Fault::Scale(w, by) => {
                 if let Some((kind, ns, name)) = self.workload_refs().get(*w) {
-                    self.scale(kind, ns, name, -i64::from(*by)).await;
+                    let _ = by;
+                    self.scale(kind, ns, name, 0, true).await;
                 }
             }
             Fault::EditNad(n) => {
@@ -1093,14 +1099,10 @@ impl World {
                         ns,
                         &spur_node::agent::cluster::nad_resource(),
                     );
-                    let _ = api
-                        .patch(
-                            name,
-                            &PatchParams::default(),
-                            &Patch::Merge(
-                                json!({"metadata": {"labels": {"spur-sim/edited": null}}}),
-                            ),
-                        )
+                    let patch =
+                        Patch::Merge(json!({"metadata": {"labels": {"spur-sim/edited": null}}}));
+                    let pp = PatchParams::default();
+                    self.until_ok("removing the NAD's label", || api.patch(name, &pp, &patch))
                         .await;
                 }
             }
@@ -1108,39 +1110,60 @@ impl World {
         self.record("faults", format!("{f:?} over"));
     }
 
-    async fn scale(&self, kind: &str, ns: &str, name: &str, by: i64) {
-        let (group_api, plural) = (
-            "apps/v1",
-            if kind == "StatefulSet" {
-                "statefulsets"
-            } else {
-                "deployments"
-            },
-        );
+    /// Sets the replicas of workload `kind ns/name` to its manifest's count
+    /// plus `by`; with `persist`, retries until the API takes it (the world
+    /// undoing a fault must not give up because of another fault).
+    async fn scale(&self, kind: &str, ns: &str, name: &str, by: i64, persist: bool) {
+        let plural = if kind == "StatefulSet" {
+            "statefulsets"
+        } else {
+            "deployments"
+        };
         let ar = kube::api::ApiResource::from_gvk_with_plural(
             &kube::api::GroupVersionKind::gvk("apps", "v1", kind),
             plural,
         );
-        let _ = group_api;
-        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &ar);
-        let Ok(obj) = api.get(name).await else { return };
-        let now = obj
-            .data
-            .pointer("/spec/replicas")
-            .and_then(Value::as_i64)
+        let original = self
+            .testbed
+            .manifests
+            .iter()
+            .find(|m| {
+                m.is_builtin(kind) && m.name() == name && m.namespace().unwrap_or("default") == ns
+            })
+            .and_then(|m| m.object.pointer("/spec/replicas").and_then(Value::as_i64))
             .unwrap_or(1);
-        let want = (now + by).max(0);
-        let _ = api
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"replicas": want}})),
-            )
-            .await;
-        self.record(
-            "faults",
-            format!("{kind} {ns}/{name}: replicas {now} -> {want}"),
-        );
+        let want = (original + by).max(0);
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &ar);
+        let patch = Patch::Merge(json!({"spec": {"replicas": want}}));
+        let what = format!("{kind} {ns}/{name}: replicas -> {want}");
+        let pp = PatchParams::default();
+        if persist {
+            self.until_ok(&what, || api.patch(name, &pp, &patch)).await;
+        } else if let Err(e) = api.patch(name, &pp, &patch).await {
+            self.record("faults", format!("{what}: {e}"));
+            return;
+        }
+        self.record("faults", what);
+    }
+
+    /// Retries `f` every second of simulated time until it succeeds (at most
+    /// ten minutes): how the world undoes a fault while others are active.
+    async fn until_ok<T, E: std::fmt::Display, Fut: std::future::Future<Output = Result<T, E>>>(
+        &self,
+        what: &str,
+        mut f: impl FnMut() -> Fut,
+    ) -> Option<T> {
+        let deadline = self.clock.elapsed() + Duration::from_secs(600);
+        loop {
+            match f().await {
+                Ok(v) => return Some(v),
+                Err(e) if self.clock.elapsed() > deadline => {
+                    self.record("world", format!("{what}: gave up: {e}"));
+                    return None;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
     }
 
     /// The invariants over what the world holds now; with `quiescent`,
