@@ -423,7 +423,7 @@ impl World {
         }
         let seed = opts.seed;
         let clock = SimClock::start();
-        let trace = Trace::new(200, opts.keep_trace);
+        let trace = Trace::new(2000, opts.keep_trace);
         let shared_clock: Arc<dyn spur_kubeapi::Clock> = Arc::new(clock);
         let server = ApiServer::new(
             Store::new(shared_clock.clone(), seed_for(seed, "api/store")),
@@ -780,7 +780,7 @@ impl World {
                 self.restore(&f).await;
             }
             let quiet = pending.is_empty() && undo.is_empty();
-            if quiet {
+            if quiet && !plan.is_empty() {
                 lock(&self.faults_over).get_or_insert_with(tokio::time::Instant::now);
             }
             let found = self.check(false);

@@ -147,18 +147,52 @@ fn parse_range(s: &str) -> Result<Range<u64>, String> {
     Ok(a..b)
 }
 
+/// The events of `events` that concern the objects a violation names (its
+/// Pods, addresses, containers, blocks, pools), with every fault, crash and
+/// restart: the minimal story of how it came to be.
+fn relevant<'a>(
+    detail: &str,
+    events: &'a [spur_sim::trace::Event],
+) -> Vec<&'a spur_sim::trace::Event> {
+    let tokens: Vec<String> = detail
+        .split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | ',' | ';' | ':' | '"'))
+        .map(|t| t.trim_end_matches('.'))
+        .filter(|t| {
+            t.len() >= 4
+                && (t.contains('/')
+                    || t.contains('.')
+                    || t.contains('-')
+                    || t.chars().all(|c| c.is_ascii_hexdigit()))
+        })
+        .map(|t| t.rsplit('/').next().unwrap_or(t).to_string())
+        .filter(|t| t.len() >= 4)
+        .collect();
+    events
+        .iter()
+        .filter(|e| {
+            e.actor == "faults"
+                || e.what.contains("crashed")
+                || e.what.contains("started")
+                || e.what.contains("rebooted")
+                || tokens.iter().any(|t| e.what.contains(t.as_str()))
+        })
+        .collect()
+}
+
 fn print_violation(seed: u64, out: &RunOutcome) {
     if let Some((at, v)) = out.violations.first() {
         println!(
             "seed {seed}: {v} (at {:.3} s of simulated time)",
             at.as_secs_f64()
         );
-        println!("  reproduce: spur-sim run DIR --seed {seed}");
+        println!("  reproduce: spur-sim run DIR --seed {seed} --trace FILE");
+        let story = relevant(&v.detail, &out.trace_at_violation);
         println!(
-            "  the events that led to it (last {}):",
+            "  the events that led to it ({} of the last {}):",
+            story.len(),
             out.trace_at_violation.len()
         );
-        for e in &out.trace_at_violation {
+        for e in story {
             println!("    {e}");
         }
     }
