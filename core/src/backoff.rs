@@ -87,6 +87,73 @@ pub fn jitter_rng(seed: Option<u64>) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }
 
+/// The first delay's upper bound of a watch restart (kube-runtime's
+/// default).
+pub const WATCH_BACKOFF_BASE: Duration = Duration::from_millis(800);
+/// The largest delay of a watch restart (kube-runtime's default).
+pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The schedule of watch restarts: [`WATCH_BACKOFF_BASE`] doubling up to
+/// [`WATCH_BACKOFF_MAX`], never giving up.
+pub fn watch_policy() -> RetryPolicy {
+    RetryPolicy {
+        base: WATCH_BACKOFF_BASE,
+        max: WATCH_BACKOFF_MAX,
+        max_attempts: u32::MAX,
+    }
+}
+
+/// The seed of one component (`label`, e.g. `"agent/node-a"` or
+/// `"usage/ippools"`) derived from a run's or a process's `seed`: FNV-1a of
+/// the label, then SplitMix64 of the seed mixed with it. Stable across
+/// platforms and versions, so adding a component never shifts another's
+/// randomness.
+pub fn derive_seed(seed: u64, label: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in label.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut z = (seed ^ h).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// An endless sequence of jittered delays with its own RNG, restartable:
+/// what a watch needs between restarts (the agent's and the controller's
+/// watches wrap it in kube-runtime's `Backoff` trait).
+#[derive(Debug, Clone)]
+pub struct Jittered {
+    policy: RetryPolicy,
+    backoff: Backoff,
+    rng: ChaCha8Rng,
+}
+
+impl Jittered {
+    /// Delays of `policy`, jitter drawn from `seed` (None: process-random).
+    pub fn new(policy: RetryPolicy, seed: Option<u64>) -> Jittered {
+        Jittered {
+            policy,
+            backoff: Backoff::new(policy),
+            rng: jitter_rng(seed),
+        }
+    }
+
+    /// Starts over from the first delay (after a success).
+    pub fn reset(&mut self) {
+        self.backoff = Backoff::new(self.policy);
+    }
+}
+
+impl Iterator for Jittered {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.backoff.next_delay(&mut self.rng))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +214,30 @@ mod tests {
             max_attempts: 3,
         });
         assert_eq!(b.next_delay(&mut rng), Duration::ZERO);
+    }
+
+    #[test]
+    fn watch_delays_follow_kubes_schedule_and_restart_on_reset() {
+        let mut a = Jittered::new(watch_policy(), Some(42));
+        let first: Vec<Duration> = a.by_ref().take(8).collect();
+        let caps = [800u64, 1600, 3200, 6400, 12800, 25600, 30000, 30000];
+        for (d, cap) in first.iter().zip(caps) {
+            let cap = Duration::from_millis(cap);
+            assert!(
+                *d >= cap / 2 && *d <= cap,
+                "{d:?} outside its bounds {cap:?}"
+            );
+        }
+        let again: Vec<Duration> = Jittered::new(watch_policy(), Some(42)).take(8).collect();
+        assert_eq!(first, again);
+        a.reset();
+        assert!(a.next().is_some_and(|d| d <= WATCH_BACKOFF_BASE));
+    }
+
+    #[test]
+    fn derived_seeds_are_stable_and_distinct() {
+        assert_eq!(derive_seed(7, "a"), derive_seed(7, "a"));
+        assert_ne!(derive_seed(7, "a"), derive_seed(7, "b"));
+        assert_ne!(derive_seed(7, "a"), derive_seed(8, "a"));
     }
 }
