@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 
 use super::{FaultHook, FaultPoint, HookSlot, Op, Step, Subject};
-use crate::ovsdb::switch::{ROLE_ACCESS, ROLE_KEY, ROLE_LOCAL, ROLE_UPLINK};
+use crate::ovsdb::switch::{check_name, ROLE_ACCESS, ROLE_KEY, ROLE_LOCAL, ROLE_UPLINK};
 use crate::ovsdb::{BridgeSpec, PortInfo, Switch, SwitchError};
 
 #[derive(Debug)]
@@ -90,22 +90,6 @@ pub struct FakeSwitch {
 
 fn injected(e: String) -> SwitchError {
     SwitchError::Backend(e)
-}
-
-fn check_name(name: &str) -> Result<(), SwitchError> {
-    let reason = if name.is_empty() {
-        "empty"
-    } else if name.len() > 255 {
-        "longer than 255 bytes"
-    } else if name.chars().any(|c| c.is_control()) {
-        "contains control characters"
-    } else {
-        return Ok(());
-    };
-    Err(SwitchError::InvalidName {
-        name: name.to_owned(),
-        reason,
-    })
 }
 
 fn role(role: &str) -> BTreeMap<String, String> {

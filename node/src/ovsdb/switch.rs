@@ -196,7 +196,9 @@ async fn list_bridges(client: &Client) -> Result<Vec<String>, SwitchError> {
     Ok(names)
 }
 
-fn check_name(name: &str) -> Result<(), SwitchError> {
+/// Checks a bridge or port name as OVSDB would take it (shared with the
+/// in-memory switch of `crate::fake`).
+pub(crate) fn check_name(name: &str) -> Result<(), SwitchError> {
     let reason = if name.is_empty() {
         "empty"
     } else if name.len() > 255 {
