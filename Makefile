@@ -12,15 +12,15 @@ build:
 
 ## test: install what is missing, then formatting, lints and every test
 ## (each testbed on the harness and in the simulator, compared; the
-## simulator's determinism and its pinned seeds). `make sim-seeds` runs
-## every testbed for 200 seeds with faults; it joins `make test` once the
-## bad-inputs testbed passes all of them (2 of 200 still fail: a Pod of an
-## exhausted pool can lose its address to another under a 409 storm).
+## simulator's determinism and its pinned seeds), the deploy manifests,
+## and every testbed in the simulator for 200 seeds with the default
+## faults (`make sim-seeds`).
 test: deps-test
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) test --workspace --locked
 	python3 scripts/validate-deploy.py
+	$(MAKE) sim-seeds
 
 ## sim-seeds: every testbed under testbeds/ in the simulator (release build),
 ## SIM_SEEDS seeds with SIM_FAULTS faults (default 1..201, default).
@@ -30,7 +30,7 @@ sim-seeds:
 	$(CARGO) build -q --release --locked -p spur-sim
 	scripts/sim-seeds.sh $(SIM_SEEDS) $(SIM_FAULTS)
 
-## sim-soak: the same for 10,000 seeds (about an hour on two cores).
+## sim-soak: the same for 10,000 seeds (about 2.5 hours on two cores).
 sim-soak:
 	$(MAKE) sim-seeds SIM_SEEDS=1..10001
 

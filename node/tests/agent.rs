@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use spur_core::cni::CniVersion;
 use spur_core::cniproto::{AgentRequest, CniResult, Command, PROTO_VERSION};
 use spur_core::config::AgentConfig;
+use spur_kubeapi::faults::{Fault, Matcher};
 use spur_kubeapi::ApiServer;
 use spur_node::agent::cluster::{Cluster, KubeCluster, NETWORK_STATUS_ANNOTATION};
 use spur_node::agent::Agent;
@@ -813,6 +814,67 @@ async fn a_failed_add_that_took_over_gives_the_addresses_back_to_the_dead_sandbo
         m.keys().copied().collect::<Vec<_>>()
     };
     assert_eq!(addrs(&after), addrs(&before));
+    assert!(
+        after.values().all(|(_, _, o)| o.container_id == "c3"),
+        "{after:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_network_status_write_after_a_takeover_gives_the_addresses_back() {
+    // Found by the simulator (bad-inputs, seeds 27 and 170): after a node
+    // reboot the new sandbox took the Pod's addresses over, then could not
+    // write the Pod's network-status (5xx / 409 storm); the failed ADD
+    // released the addresses instead of handing them back, and another Pod
+    // waiting on the exhausted pool got them.
+    let env = env(ONE_BRIDGE).await;
+    ready(&env).await;
+    pod(&env, "web", "tiny").await;
+    wait_pod(&env, "web").await;
+    let of = |command: Command, cid: &str| {
+        let mut r = request(command, "web", chained(), "eth0");
+        r.container_id = Some(cid.to_string());
+        r.netns = Some(format!("/var/run/netns/test-web-{cid}"));
+        r
+    };
+    env.links.add_netns(Path::new("/var/run/netns/test-web-c1"));
+    env.agent.handle(&of(Command::Add, "c1")).await.unwrap();
+    let before = stored(&env.server);
+    assert_eq!(before.len(), 1, "{before:?}");
+    env.links
+        .remove_netns(Path::new("/var/run/netns/test-web-c1"));
+    env.links.add_netns(Path::new("/var/run/netns/test-web-c2"));
+    let pod_writes = Matcher {
+        methods: vec!["PATCH".into()],
+        resource: Some("pods".into()),
+        path_contains: Some("/pods/web".into()),
+    };
+    env.server
+        .faults()
+        .next(pod_writes, Fault::Status(503), 1000);
+    let e = env.agent.handle(&of(Command::Add, "c2")).await.unwrap_err();
+    assert!(e.msg.contains("network-status"), "{}", e.msg);
+    env.server.faults().clear();
+    // The record names c1 again: the address stays the Pod's.
+    assert_eq!(stored(&env.server), before);
+    let c2_ports: Vec<String> = env
+        .switch
+        .access_ports()
+        .into_iter()
+        .filter(|(_, p)| p.external_ids["spur.dev/container-id"] == "c2")
+        .map(|(_, p)| p.name)
+        .collect();
+    assert!(c2_ports.is_empty(), "c2's ports are removed: {c2_ports:?}");
+    // The kubelet's DEL of c2 changes nothing; c3 gets the same address.
+    env.agent.handle(&of(Command::Del, "c2")).await.unwrap();
+    assert_eq!(stored(&env.server), before);
+    env.links.add_netns(Path::new("/var/run/netns/test-web-c3"));
+    env.agent.handle(&of(Command::Add, "c3")).await.unwrap();
+    let after = stored(&env.server);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
     assert!(
         after.values().all(|(_, _, o)| o.container_id == "c3"),
         "{after:?}"

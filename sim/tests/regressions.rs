@@ -78,3 +78,14 @@ fn a_pod_failed_during_faults_is_retried_before_judging() {
 fn faults_are_undone_even_while_others_refuse_requests() {
     passes("mtu", 96);
 }
+
+/// After a node reboot a new sandbox took its Pod's address over, then
+/// could not write the Pod's network-status in a 409 storm; the failed ADD
+/// removed its container as a DEL would and released the address to a Pod
+/// waiting on the exhausted pool (fixed: the ADD undoes exactly its own
+/// steps, giving taken-over records back).
+#[test]
+fn a_failed_network_status_write_gives_the_taken_over_address_back() {
+    passes("bad-inputs", 27);
+    passes("bad-inputs", 170);
+}

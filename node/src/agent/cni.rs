@@ -222,7 +222,7 @@ impl Agent {
             Role::Native { conf_name } => {
                 let nads = |ns: &str, n: &str| self.cluster.nad(ns, n);
                 let plans = plan_native(&view, &nads, &pools, &bridges).map_err(attach_error)?;
-                let attached = self.attach_all(&c, plans).await?;
+                let (attached, undo) = self.attach_all(&c, plans).await?;
                 let prev = prev_result(&req.config)?;
                 let ours = result_of(req.cni_version, &c.netns, &attached);
                 let result = match &prev {
@@ -238,8 +238,12 @@ impl Agent {
                             .set_network_status(&c.pod.namespace, &c.pod.name, text)
                             .await
                         {
+                            // Undo exactly what this ADD did: an address
+                            // it took over from the Pod's previous sandbox
+                            // goes back to that sandbox rather than to the
+                            // pool, so the retry finds it again.
                             let err = CniError::try_again_later(e.to_string());
-                            self.undo_container(&c).await;
+                            self.undo(undo).await;
                             return Err(err);
                         }
                     }
@@ -252,7 +256,7 @@ impl Agent {
                 let element = element_from_runtime(&req.config, &c.ifname)?;
                 let plan = plan_single(&view, &network, &cfg, &element, &pools, &bridges)
                     .map_err(attach_error)?;
-                let attached = self.attach_all(&c, vec![plan]).await?;
+                let (attached, _) = self.attach_all(&c, vec![plan]).await?;
                 Ok(result_of(req.cni_version, &c.netns, &attached).render(req.cni_version))
             }
             Role::Ipam(ipam, name) => {
@@ -288,12 +292,14 @@ impl Agent {
     }
 
     /// Attaches every plan in order; on the first failure undoes everything
-    /// done so far and returns the error, naming the network.
+    /// done so far and returns the error, naming the network. On success
+    /// also returns the steps that undo the attachments, for a caller whose
+    /// own later step fails.
     async fn attach_all(
         &self,
         c: &Call,
         plans: Vec<NetworkPlan>,
-    ) -> Result<Vec<Attached>, CniError> {
+    ) -> Result<(Vec<Attached>, Vec<Undo>), CniError> {
         let mut undo = Vec::new();
         let mut attached = Vec::with_capacity(plans.len());
         for plan in plans {
@@ -305,7 +311,7 @@ impl Agent {
                 }
             }
         }
-        Ok(attached)
+        Ok((attached, undo))
     }
 
     async fn attach_one(
@@ -434,14 +440,6 @@ impl Agent {
             if let Err(e) = res {
                 tracing::warn!(step = ?step, error = %e, "undoing a failed ADD step failed; the sweep retries");
             }
-        }
-    }
-
-    /// Removes everything of the call's container (used when an ADD fails
-    /// after its interfaces were made).
-    async fn undo_container(&self, c: &Call) {
-        if let Err(e) = self.remove_container(c, None).await {
-            tracing::warn!(container = %c.container_id, error = %e.msg, "undo failed");
         }
     }
 

@@ -228,7 +228,10 @@ fn main() -> ExitCode {
         };
     if verbose {
         tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
             .with_writer(std::io::stderr)
             .init();
     }
