@@ -24,6 +24,14 @@
 //! exhausted or conflicting, a Warning Event (`PoolExhausted`,
 //! `PoolConflict`) regarding the pool is published, once per transition.
 //!
+//! Blocks' labels: the same passes give every IPAMBlock the labels agents
+//! select blocks by (`spur.dev/node`, `spur.dev/pool`:
+//! [`spur_core::ipamblock::block_labels`]) when it lacks them, as blocks
+//! created by older agents do, with a merge patch carrying the block's
+//! resourceVersion (idempotent; a 409 waits for the next pass). So a fleet
+//! upgrades by itself: an agent that watches only its node's blocks sees
+//! its older blocks once they are labelled.
+//!
 //! Only the elected controller runs this: two writers would not corrupt
 //! anything (the patch is idempotent) but would double the writes.
 //!
@@ -42,7 +50,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
-use spur_core::ipamblock::IPAMBlock;
+use spur_core::ipamblock::{missing_block_labels, IPAMBlock};
 use spur_core::ippool::{IPPool, PoolLayout, PoolUsage};
 use tokio::time::Instant;
 
@@ -124,9 +132,11 @@ pub struct UsagePass {
     pub pools: usize,
     /// Pools whose status was written.
     pub written: Vec<String>,
-    /// Pools whose status write failed, with the error (tried again by the
-    /// next pass).
+    /// Pools whose status write failed, and blocks whose labelling failed,
+    /// with the error (tried again by the next pass).
     pub failed: Vec<(String, kube::Error)>,
+    /// Blocks given their missing labels.
+    pub labelled: Vec<String>,
 }
 
 /// Why the usage loop stopped or a pass could not run.
@@ -169,6 +179,9 @@ pub struct UsageReconciler {
     /// The name stamp of the last Event published: names stay unique when
     /// the clock stands still (simulated time) or goes backwards.
     last_stamp: i128,
+    /// Blocks labelled, with the resourceVersion the patch was based on, so
+    /// a cached copy that has not caught up is not patched again.
+    labelled: BTreeMap<String, Option<String>>,
 }
 
 /// What a watch event means for the loop.
@@ -205,6 +218,7 @@ impl UsageReconciler {
             config,
             written: BTreeMap::new(),
             last_stamp: i128::MIN,
+            labelled: BTreeMap::new(),
         }
     }
 
@@ -247,10 +261,12 @@ impl UsageReconciler {
         pools: impl Iterator<Item = &'a IPPool> + Clone,
         blocks: impl Iterator<Item = &'a IPAMBlock>,
     ) -> UsagePass {
-        let desired = compute_usage(pools.clone(), blocks);
+        let blocks: Vec<&IPAMBlock> = blocks.collect();
+        let desired = compute_usage(pools.clone(), blocks.iter().copied());
         let problems = poolstatus::find_conflicts(pools.clone());
         let now = Time(self.config.clock.now());
         let mut pass = UsagePass::default();
+        self.label_blocks(&blocks, &mut pass).await;
         self.written.retain(|name, _| desired.contains_key(name));
         for pool in pools {
             pass.pools += 1;
@@ -308,6 +324,52 @@ impl UsageReconciler {
             }
         }
         pass
+    }
+
+    /// Gives the blocks that lack them their labels (see the module
+    /// documentation): one merge patch per block, with its resourceVersion
+    /// as precondition.
+    async fn label_blocks(&mut self, blocks: &[&IPAMBlock], pass: &mut UsagePass) {
+        let names: std::collections::BTreeSet<&str> = blocks
+            .iter()
+            .filter_map(|b| b.metadata.name.as_deref())
+            .collect();
+        self.labelled.retain(|n, _| names.contains(n.as_str()));
+        for b in blocks {
+            let missing = missing_block_labels(b);
+            let Some(name) = b.metadata.name.clone() else {
+                continue;
+            };
+            if missing.is_empty() {
+                self.labelled.remove(&name);
+                continue;
+            }
+            let rv = b.metadata.resource_version.clone();
+            if self.labelled.get(&name) == Some(&rv) {
+                continue;
+            }
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": rv, "labels": missing}
+            });
+            match self
+                .blocks
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(block = %name, "labelled an IPAMBlock an older agent created");
+                    self.labelled.insert(name.clone(), rv);
+                    pass.labelled.push(name);
+                }
+                // Changed or deleted since the cache saw it: the next pass
+                // (its watch event schedules one) sees the new version.
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(block = %name, error = %e, "labelling an IPAMBlock failed");
+                    pass.failed.push((name, e));
+                }
+            }
+        }
     }
 
     /// Publishes a Warning Event regarding `pool`

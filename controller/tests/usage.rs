@@ -421,3 +421,63 @@ async fn a_failed_write_is_retried() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn blocks_of_older_agents_are_labelled_and_then_seen_by_their_agent() {
+    use spur_core::ipamblock::block_labels;
+    use spur_node::ipam::{Ipam, IpamConfig};
+    let (server, client) = cluster().await;
+    let pp = PostParams::default();
+    let pools: Api<IPPool> = Api::all(client.clone());
+    let blocks: Api<IPAMBlock> = Api::all(client.clone());
+    pools
+        .create(&pp, &pool("p", "10.9.0.0/24", "10.9.0.1"))
+        .await
+        .unwrap();
+    // An older agent of node-a created its block without labels.
+    let legacy = blocks
+        .create(&pp, &block("p-10-9-0-0", "p", "10.9.0.0/26", [2, 3]))
+        .await
+        .unwrap();
+    assert!(legacy.metadata.labels.is_none());
+    // A new agent of node-a watches only labelled blocks of its node.
+    let agent = Ipam::start(
+        client.clone(),
+        IpamConfig {
+            node: Some("node-a".into()),
+            seed: Some(1),
+            ..IpamConfig::default()
+        },
+    );
+    tokio::time::timeout(Duration::from_secs(10), agent.cache().wait_ready())
+        .await
+        .unwrap();
+    assert!(agent.cache().block("p-10-9-0-0").is_none());
+    let mut r = UsageReconciler::new(client.clone(), UsageConfig::default());
+    // A stale copy (the block moved on since) is refused (409) and left
+    // for the next pass: no failure.
+    set_allocations(&blocks, "p-10-9-0-0", [2, 3, 4]).await;
+    let pass = r
+        .reconcile(&[pools.get("p").await.unwrap()], &[legacy])
+        .await;
+    assert!(
+        pass.labelled.is_empty() && pass.failed.is_empty(),
+        "{pass:?}"
+    );
+    let pass = r.reconcile_all().await.unwrap();
+    assert_eq!(pass.labelled, vec!["p-10-9-0-0".to_string()]);
+    let stored = blocks.get("p-10-9-0-0").await.unwrap();
+    assert_eq!(stored.metadata.labels, Some(block_labels("node-a", "p")));
+    assert_eq!(stored.spec.allocations.len(), 3, "only the labels changed");
+    // Idempotent: the next pass writes no block.
+    server.reset_stats();
+    let pass = r.reconcile_all().await.unwrap();
+    assert!(pass.labelled.is_empty());
+    assert_eq!(server.stats().get("ipamblocks").map_or(0, |s| s.writes), 0);
+    // The agent sees its block now.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while agent.cache().pool("p").is_none_or(|p| p.used() != 3) {
+        assert!(tokio::time::Instant::now() < deadline, "never seen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

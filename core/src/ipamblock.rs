@@ -3,6 +3,7 @@
 //! at most [`crate::ipam::BLOCK_SIZE`] allocations, and the owners those
 //! allocations belong to.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use kube::CustomResource;
@@ -215,6 +216,86 @@ impl fmt::Display for Owner {
     }
 }
 
+/// The label naming the node a block is affine to (its value is
+/// [`label_value`] of `spec.node`). Agents watch only their own blocks with
+/// the selector `spur.dev/node=<label_value(node)>`.
+pub const NODE_LABEL: &str = "spur.dev/node";
+
+/// The label naming the pool a block belongs to (its value is
+/// [`label_value`] of `spec.pool`). Agents list one pool's blocks with the
+/// selector `spur.dev/pool=<label_value(pool)>`.
+pub const POOL_LABEL: &str = "spur.dev/pool";
+
+/// The longest label value Kubernetes accepts.
+pub const LABEL_VALUE_MAX: usize = 63;
+
+/// True when `s` is a valid, non-empty Kubernetes label value: at most 63
+/// characters of `[A-Za-z0-9._-]`, alphanumeric at both ends.
+pub fn is_label_value(s: &str) -> bool {
+    let b = s.as_bytes();
+    let ok = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-');
+    !b.is_empty()
+        && b.len() <= LABEL_VALUE_MAX
+        && b.iter().all(ok)
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// The label value standing for a node or pool name: the name itself when
+/// it is a valid label value; otherwise (too long, other characters, empty)
+/// a stable short hash form, `<prefix>-<16 hex digits>`, where the prefix is
+/// the name's first (at most 46) label characters, trimmed to alphanumeric
+/// ends (`h` when none is left), and the digits the 64-bit FNV-1a hash of
+/// the whole name. Node and pool names are DNS names of at most 253
+/// characters, so only names longer than 63 take the hash form; two names
+/// share a value only by a hash collision.
+pub fn label_value(name: &str) -> String {
+    if is_label_value(name) {
+        return name.to_string();
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let kept: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(46)
+        .collect();
+    let prefix = kept.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    let prefix = if prefix.is_empty() { "h" } else { prefix };
+    format!("{prefix}-{h:016x}")
+}
+
+/// The labels a block of `pool` affine to `node` carries.
+pub fn block_labels(node: &str, pool: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (NODE_LABEL.to_string(), label_value(node)),
+        (POOL_LABEL.to_string(), label_value(pool)),
+    ])
+}
+
+/// The labels `block` should carry (from its `spec.node` and `spec.pool`)
+/// that it does not carry with the right value; empty when it is labelled.
+pub fn missing_block_labels(block: &IPAMBlock) -> BTreeMap<String, String> {
+    let held = block.metadata.labels.as_ref();
+    block_labels(&block.spec.node, &block.spec.pool)
+        .into_iter()
+        .filter(|(k, v)| held.and_then(|l| l.get(k)) != Some(v))
+        .collect()
+}
+
+/// True when `block` carries the node label of `node`.
+pub fn labelled_for_node(block: &IPAMBlock, node_label: &str) -> bool {
+    block
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(NODE_LABEL))
+        .is_some_and(|v| v == node_label)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +371,63 @@ mod tests {
         let j = serde_json::to_value(&b2).unwrap();
         assert_eq!(j["spec"]["allocations"][0]["owner"]["podUID"], "u-1");
         assert_eq!(serde_json::from_value::<IPAMBlock>(j).unwrap(), b2);
+    }
+    #[test]
+    fn label_values() {
+        assert_eq!(label_value("node-a"), "node-a");
+        assert_eq!(label_value("vlan100-ipv4"), "vlan100-ipv4");
+        let long = "n".repeat(64);
+        let v = label_value(&long);
+        assert!(is_label_value(&v), "{v}");
+        assert_ne!(v, long);
+        assert_eq!(v, label_value(&long), "stable");
+        assert_ne!(v, label_value(&"n".repeat(65)));
+        assert!(is_label_value(&label_value("")));
+        assert!(is_label_value(&label_value("-.-")));
+        assert!(is_label_value(&label_value("ä/ö")));
+        let mut b = IPAMBlock::new(
+            "x",
+            IPAMBlockSpec {
+                pool: "p".into(),
+                cidr: "10.0.0.0/26".into(),
+                node: "n".into(),
+                allocations: vec![],
+            },
+        );
+        assert_eq!(missing_block_labels(&b), block_labels("n", "p"));
+        assert!(!labelled_for_node(&b, "n"));
+        b.metadata.labels = Some(block_labels("n", "p"));
+        assert!(missing_block_labels(&b).is_empty());
+        assert!(labelled_for_node(&b, "n"));
+        b.metadata
+            .labels
+            .as_mut()
+            .map(|l| l.insert(POOL_LABEL.into(), "q".into()));
+        assert_eq!(missing_block_labels(&b).len(), 1);
+    }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_name_gives_a_valid_stable_value(name in ".{0,300}") {
+                let v = label_value(&name);
+                prop_assert!(is_label_value(&v), "{:?} -> {:?}", name, v);
+                prop_assert_eq!(&v, &label_value(&name));
+            }
+
+            #[test]
+            fn valid_names_are_kept(name in "[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?") {
+                prop_assert_eq!(label_value(&name), name);
+            }
+
+            #[test]
+            fn long_dns_names_are_told_apart(a in "[a-z0-9]{64,253}", b in "[a-z0-9]{64,253}") {
+                prop_assume!(a != b);
+                prop_assert_ne!(label_value(&a), label_value(&b));
+            }
+        }
     }
 }

@@ -165,6 +165,7 @@ async fn run(kubeconfig: Option<PathBuf>, args: RunArgs) -> Result<(), String> {
         .map_err(|e| format!("netlink: {e}"))?;
     let ipam_config = spur_node::ipam::IpamConfig {
         timeout: std::time::Duration::from_secs(u64::from(config.api_timeout_seconds.max(1))),
+        node: Some(args.node_name.clone()),
         ..Default::default()
     };
     let ipam = spur_node::ipam::Ipam::start(client.clone(), ipam_config);

@@ -1,16 +1,41 @@
-//! The agent's view of every IPPool and IPAMBlock, fed by watches, so the
-//! allocation path never reads from the API.
+//! The agent's view of every IPPool and of the IPAMBlocks it needs, fed by
+//! watches, so the allocation path rarely reads from the API.
 //!
-//! Two kube-runtime watchers (IPPools, IPAMBlocks, cluster-wide) feed one
-//! [`CacheState`]; the allocator writes every object the API returns to it
-//! straight back in ([`IpamCache::write_through`]). Both paths merge by
-//! resourceVersion (see [`super::versioned`]), so the cache always holds the
-//! newest version it has seen of each object. For every valid pool the
-//! cache keeps a [`PoolBlocks`], the allocator's indexed view of the pool's
-//! blocks, rebuilt with [`PoolBlocks::set_layout`] when the pool changes.
-//! Invalid pools are skipped with a warning; malformed blocks are
-//! quarantined: their window counts as claimed and full, so nothing is
-//! planned into them, and writes to them are refused.
+//! # What is watched, and why
+//!
+//! - Every IPPool (cluster-wide watch): pools are few and change rarely.
+//! - Only the node's own IPAMBlocks: a watch with the label selector
+//!   `spur.dev/node=<label_value(node)>` ([`spur_core::ipamblock::NODE_LABEL`]).
+//!   A cluster-wide block watch would deliver every allocation write of
+//!   every node to every agent (O(nodes x allocations) events, API server
+//!   egress and agent CPU); the agent needs other nodes' blocks only to
+//!   avoid claiming their windows and to borrow from them when its pool has
+//!   no unclaimed window left, and learns them on demand (the allocator in
+//!   [`super`] does): a create that answers AlreadyExists is followed by a
+//!   GET of that block, a pool that looks exhausted by a LIST of the pool's
+//!   blocks (`spur.dev/pool=<label_value(pool)>`), a requested address in
+//!   a window that is not the node's by a GET of that window's block. These
+//!   *foreign* blocks stay in the cache as last read: the watch does not
+//!   refresh them and its re-lists never drop them (only a later LIST of
+//!   their pool does). A stale foreign block is harmless, since every write
+//!   carries a resourceVersion precondition (409: re-read, re-plan) or is a
+//!   create-if-absent.
+//!
+//! Which node is "own" is set when the cache starts
+//! ([`IpamCache::start_for_node`]) or, for a cache started without a node
+//! ([`IpamCache::start_with`]), by the first allocation
+//! ([`IpamCache::narrow_to`]): until then the cache watches every block, as
+//! older agents did, and narrows the watch then.
+//!
+//! The allocator writes every object the API returns to it straight back in
+//! ([`IpamCache::write_through`]). All paths merge by resourceVersion (see
+//! [`super::versioned`]), so the cache always holds the newest version it
+//! has seen of each object. For every valid pool the cache keeps a
+//! [`PoolBlocks`], the allocator's indexed view of the pool's known blocks,
+//! rebuilt with [`PoolBlocks::set_layout`] when the pool changes. Invalid
+//! pools are skipped with a warning; malformed blocks are quarantined:
+//! their window counts as claimed and full, so nothing is planned into
+//! them, and writes to them are refused.
 //!
 //! Deterministic for the simulator: the index is ordered (BTreeMap), and
 //! the watches restart with a [`WatchBackoff`] seeded from the seed given
@@ -18,14 +43,16 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::StreamExt;
 use ipnet::IpNet;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use spur_core::allocator::{window_cidr, BlockState, PoolBlocks};
-use spur_core::ipamblock::{IPAMBlock, Owner, OwnerKey};
+use spur_core::ipamblock::{
+    label_value, labelled_for_node, IPAMBlock, Owner, OwnerKey, NODE_LABEL, POOL_LABEL,
+};
 use spur_core::ippool::{IPPool, PoolLayout};
 use spur_core::pool::{to_u128, Family};
 use tokio::sync::watch;
@@ -97,6 +124,9 @@ pub(crate) struct CacheState {
     pools: VersionedMap<IPPool>,
     blocks: VersionedMap<IPAMBlock>,
     index: BTreeMap<String, PoolIndex>,
+    /// The node whose blocks the block watch returns: (node, its label
+    /// value). `None`: the watch returns every block.
+    scope: Option<(String, String)>,
 }
 
 impl CacheState {
@@ -170,7 +200,55 @@ impl CacheState {
     }
 
     pub(crate) fn end_block_relist(&mut self) {
-        for c in self.blocks.end_relist() {
+        let scope = self.scope.as_ref().map(|(_, label)| label.clone());
+        let changes = self.blocks.end_relist_where(|b| match &scope {
+            Some(label) => labelled_for_node(b, label),
+            None => true,
+        });
+        for c in changes {
+            self.block_changed(c);
+        }
+    }
+
+    /// The node the block watch is narrowed to, if it is.
+    pub(crate) fn scope_node(&self) -> Option<&str> {
+        self.scope.as_ref().map(|(n, _)| n.as_str())
+    }
+
+    /// Narrows what the block watch covers to `node`'s blocks.
+    pub(crate) fn set_scope(&mut self, node: &str) {
+        self.scope = Some((node.to_string(), label_value(node)));
+    }
+
+    /// True when `block` is another node's while the cache is narrowed to
+    /// one node (the watch does not keep it current).
+    pub(crate) fn is_foreign(&self, block: &str) -> bool {
+        match (&self.scope, self.blocks.get(block)) {
+            (Some((node, _)), Some(b)) => b.spec.node != *node,
+            _ => false,
+        }
+    }
+
+    /// The local clock, to pass to [`CacheState::merge_pool_list`].
+    pub(crate) fn clock(&self) -> u64 {
+        self.blocks.clock()
+    }
+
+    /// Merges a LIST of `pool`'s blocks (label `spur.dev/pool`) that
+    /// started at `started`: newer versions are taken, and the labelled
+    /// blocks of the pool the list did not return are dropped (unless
+    /// learned of after it started).
+    pub(crate) fn merge_pool_list(&mut self, pool: &str, started: u64, items: Vec<IPAMBlock>) {
+        let label = label_value(pool);
+        let changes = self.blocks.merge_list(started, items, |b| {
+            b.spec.pool == pool
+                && b.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(POOL_LABEL))
+                    .is_some_and(|v| *v == label)
+        });
+        for c in changes {
             self.block_changed(c);
         }
     }
@@ -269,19 +347,25 @@ struct Core {
 
 struct Handle {
     core: Arc<Core>,
-    tasks: Vec<AbortHandle>,
+    client: Client,
+    seed: Option<u64>,
+    /// The IPPool watch and the IPAMBlock watch.
+    tasks: Mutex<(Option<AbortHandle>, Option<AbortHandle>)>,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        let tasks = self.tasks.get_mut().unwrap_or_else(|p| p.into_inner());
+        for t in [tasks.0.take(), tasks.1.take()].into_iter().flatten() {
             t.abort();
         }
     }
 }
 
-/// Every IPPool and IPAMBlock of the cluster, kept current by watches.
-/// Cheap to clone; the watches stop when the last clone is dropped.
+/// Every IPPool of the cluster and the node's own IPAMBlocks, kept current
+/// by watches, plus the other nodes' blocks the allocator read (see the
+/// module documentation). Cheap to clone; the watches stop when the last
+/// clone is dropped.
 #[derive(Clone)]
 pub struct IpamCache {
     handle: Arc<Handle>,
@@ -300,7 +384,8 @@ impl IpamCache {
     /// runtime (call it from within one). The cache is usable at once and
     /// complete after [`IpamCache::wait_ready`]. The watches' restart
     /// jitter is random per process ([`IpamCache::start_with`] without a
-    /// seed).
+    /// seed). The block watch covers every block until
+    /// [`IpamCache::narrow_to`].
     pub fn start(client: Client) -> IpamCache {
         IpamCache::start_with(client, None)
     }
@@ -308,8 +393,22 @@ impl IpamCache {
     /// [`IpamCache::start`] with the watches' restart jitter drawn from
     /// `seed` (one [`WatchBackoff`] per watch, derived from `seed`).
     pub fn start_with(client: Client, seed: Option<u64>) -> IpamCache {
+        IpamCache::start_scoped(client, seed, None)
+    }
+
+    /// [`IpamCache::start_with`] watching only `node`'s blocks from the
+    /// start (what an agent should use).
+    pub fn start_for_node(client: Client, seed: Option<u64>, node: &str) -> IpamCache {
+        IpamCache::start_scoped(client, seed, Some(node))
+    }
+
+    fn start_scoped(client: Client, seed: Option<u64>, node: Option<&str>) -> IpamCache {
+        let mut state = CacheState::default();
+        if let Some(n) = node {
+            state.set_scope(n);
+        }
         let core = Arc::new(Core {
-            state: RwLock::new(CacheState::default()),
+            state: RwLock::new(state),
             listed: watch::channel(0).0,
         });
         let pools = tokio::spawn(watch_pools(
@@ -317,17 +416,61 @@ impl IpamCache {
             core.clone(),
             WatchBackoff::for_watch(seed, "ippools"),
         ));
-        let blocks = tokio::spawn(watch_blocks(
-            Api::all(client),
-            core.clone(),
-            WatchBackoff::for_watch(seed, "ipamblocks"),
-        ));
+        let blocks = spawn_block_watch(&client, &core, seed, node);
         IpamCache {
             handle: Arc::new(Handle {
                 core,
-                tasks: vec![pools.abort_handle(), blocks.abort_handle()],
+                client,
+                seed,
+                tasks: Mutex::new((Some(pools.abort_handle()), Some(blocks))),
             }),
         }
+    }
+
+    /// Narrows the block watch to `node`'s blocks, unless it is narrowed
+    /// already (to whatever node: the first call wins). The blocks the
+    /// cache holds stay; the other nodes' among them become foreign (kept
+    /// as they are, refreshed only on demand). Call from within a tokio
+    /// runtime.
+    pub fn narrow_to(&self, node: &str) {
+        let mut tasks = self.handle.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if self.read(|s| s.scope_node().is_some()) {
+            return;
+        }
+        tracing::info!(node = %node, "watching only the node's IPAMBlocks from now on");
+        self.write(|s| s.set_scope(node));
+        if let Some(old) = tasks.1.take() {
+            old.abort();
+        }
+        tasks.1 = Some(spawn_block_watch(
+            &self.handle.client,
+            &self.handle.core,
+            self.handle.seed,
+            Some(node),
+        ));
+    }
+
+    /// The node the block watch is narrowed to, if it is.
+    pub fn node(&self) -> Option<String> {
+        self.read(|s| s.scope_node().map(str::to_string))
+    }
+
+    /// True when the block named `name` is held and is another node's
+    /// while the watch is narrowed to one node (so the watch does not keep
+    /// it current).
+    pub fn is_foreign(&self, name: &str) -> bool {
+        self.read(|s| s.is_foreign(name))
+    }
+
+    /// Merges a LIST of `pool`'s blocks started at `started`
+    /// ([`IpamCache::clock`]).
+    pub(crate) fn merge_pool_list(&self, pool: &str, started: u64, items: Vec<IPAMBlock>) {
+        self.write(|s| s.merge_pool_list(pool, started, items));
+    }
+
+    /// The cache's local clock (see [`IpamCache::merge_pool_list`]).
+    pub(crate) fn clock(&self) -> u64 {
+        self.read(|s| s.clock())
     }
 
     /// Waits until both watchers have listed once.
@@ -462,10 +605,34 @@ async fn watch_pools(api: Api<IPPool>, core: Arc<Core>, backoff: WatchBackoff) {
     }
 }
 
-async fn watch_blocks(api: Api<IPAMBlock>, core: Arc<Core>, backoff: WatchBackoff) {
-    let mut events = watcher(api, watcher::Config::default())
-        .backoff(backoff)
-        .boxed();
+/// Spawns the block watch: `node`'s blocks (label selector), or every
+/// block.
+fn spawn_block_watch(
+    client: &Client,
+    core: &Arc<Core>,
+    seed: Option<u64>,
+    node: Option<&str>,
+) -> AbortHandle {
+    let config = match node {
+        Some(n) => watcher::Config::default().labels(&format!("{NODE_LABEL}={}", label_value(n))),
+        None => watcher::Config::default(),
+    };
+    tokio::spawn(watch_blocks(
+        Api::all(client.clone()),
+        config,
+        core.clone(),
+        WatchBackoff::for_watch(seed, "ipamblocks"),
+    ))
+    .abort_handle()
+}
+
+async fn watch_blocks(
+    api: Api<IPAMBlock>,
+    config: watcher::Config,
+    core: Arc<Core>,
+    backoff: WatchBackoff,
+) {
+    let mut events = watcher(api, config).backoff(backoff).boxed();
     while let Some(ev) = events.next().await {
         match ev {
             Ok(watcher::Event::Init) => core.update(|s| s.begin_block_relist()),

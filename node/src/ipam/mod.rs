@@ -2,9 +2,17 @@
 //! IPAMBlock objects, read from a watch-fed cache, written with optimistic
 //! concurrency.
 //!
-//! - Reads never go to the API on the allocation path: [`IpamCache`] keeps
-//!   every IPPool and IPAMBlock, and the pure planner of `spur-core`
-//!   ([`spur_core::allocator::PoolBlocks::plan`]) decides from it.
+//! - Reads rarely go to the API on the allocation path: [`IpamCache`] keeps
+//!   every IPPool and the node's own IPAMBlocks (a label-selected watch:
+//!   agents do not receive each other's allocation writes), and the pure
+//!   planner of `spur-core` ([`spur_core::allocator::PoolBlocks::plan`])
+//!   decides from it. Other nodes' blocks are read only when needed (see
+//!   *Other nodes' blocks* under [`Ipam`]).
+//! - Blocks carry the labels `spur.dev/node` and `spur.dev/pool`
+//!   ([`spur_core::ipamblock::block_labels`]), set when the agent creates
+//!   one (and added by its next update to a block an older agent created
+//!   without them; the controller's usage reconciler labels such blocks
+//!   too).
 //! - A node claims a block by creating it with its first allocation inside
 //!   (one write; `AlreadyExists` means another node won: refresh, re-plan)
 //!   and afterwards updates it with `PUT` and the resourceVersion it last
@@ -36,12 +44,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use kube::api::PostParams;
+use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use rand_chacha::ChaCha8Rng;
 use spur_core::allocator::{BlockState, Plan};
-use spur_core::ipam::{offset_of, window_of};
-use spur_core::ipamblock::{IPAMBlock, Owner, OwnerKey};
+use spur_core::ipam::{block_name, offset_of, window_of};
+use spur_core::ipamblock::{
+    block_labels, label_value, missing_block_labels, IPAMBlock, Owner, OwnerKey, POOL_LABEL,
+};
 use spur_core::ippool::PoolLayout;
 use spur_core::pool::Family;
 use tokio::time::{timeout, timeout_at, Instant};
@@ -70,6 +80,11 @@ pub struct IpamConfig {
     /// Seed of the jitter RNG of the writes' retries and of the cache's
     /// watch restarts (`None`: random per process).
     pub seed: Option<u64>,
+    /// The node the agent runs on: [`Ipam::start`] watches only its blocks
+    /// from the start. `None`: the cache watches every block until the
+    /// first [`Ipam::allocate`], whose [`AllocateRequest::node`] then
+    /// narrows the watch ([`IpamCache::narrow_to`]). Agents should set it.
+    pub node: Option<String>,
 }
 
 impl Default for IpamConfig {
@@ -79,6 +94,7 @@ impl Default for IpamConfig {
             request_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
             seed: None,
+            node: None,
         }
     }
 }
@@ -293,6 +309,9 @@ enum Attempt<T> {
     Done(T),
     /// Conflict or vanished block: re-plan.
     Again,
+    /// A create found the window claimed by a block the cache did not know
+    /// (another node's): it is read now; re-plan at once.
+    Discovered,
 }
 
 /// Outcome in one pool.
@@ -300,7 +319,19 @@ enum PoolOutcome {
     Got(IpAddr),
     Exhausted,
     NotInPool,
+    /// Only other nodes' blocks could serve (borrowing), or none: LIST the
+    /// pool's blocks first (the cache does not watch other nodes' blocks).
+    NeedList,
 }
+
+/// How many windows found claimed by unknown blocks (create answered
+/// AlreadyExists) one write is re-planned over before it counts as a
+/// conflict; after [`LIST_AFTER_DISCOVERIES`] of them the pool's blocks are
+/// listed instead of read one by one.
+const MAX_DISCOVERIES: u32 = 8;
+
+/// See [`MAX_DISCOVERIES`].
+const LIST_AFTER_DISCOVERIES: u32 = 2;
 
 /// Allocations a call made; whatever is still listed when the call ends
 /// without success becomes an orphan (also when the call's future is
@@ -309,6 +340,8 @@ struct CallGuard<'a> {
     ipam: &'a Ipam,
     fresh: Vec<(String, Fresh)>,
     armed: bool,
+    /// Pools whose blocks this call listed (at most once per pool).
+    listed: BTreeSet<String>,
 }
 
 impl CallGuard<'_> {
@@ -442,6 +475,38 @@ fn lock_key(key: &OwnerKey) -> OwnerKey {
 /// same interface never interleave in one agent; across agents (a Pod is
 /// on one node at a time) the blocks' optimistic concurrency orders them.
 ///
+/// # Other nodes' blocks
+///
+/// The cache watches only the node's own blocks (see [`IpamCache`]), so an
+/// allocation plans over the node's blocks plus whatever of other nodes'
+/// blocks the agent has read (*foreign* blocks, possibly stale):
+///
+/// - *Claiming a window.* The planner picks a window it believes free and
+///   the block is created with a deterministic name (create-if-absent). A
+///   409 AlreadyExists means another node claimed it: the block is read
+///   with a GET, kept as foreign, and the call re-plans at once (the next
+///   window). After two such surprises in one write the pool's blocks are
+///   listed instead; after eight they count as conflicts (backoff, bounded
+///   attempts).
+/// - *Borrowing.* When the node's blocks have no free address and no
+///   window is believed free (the plan would borrow from another node's
+///   block, or the pool looks exhausted), the pool's blocks are listed
+///   (label `spur.dev/pool`; at most one LIST per pool per call) and the
+///   call re-plans over them: it claims a window the list shows free, or
+///   borrows from a foreign block. The exhaustion pre-check lists the same
+///   way before it refuses.
+/// - *A requested address* in a window whose block is not known to be the
+///   node's: that block is read with a GET first.
+/// - Foreign blocks written to stay in the cache; a later write to one
+///   carries the resourceVersion last read, so a stale view costs a 409,
+///   after which the block is read again (GET) before the next attempt.
+/// - *Release.* [`Ipam::release`] looks in the node's blocks and in the
+///   foreign blocks the cache holds (those the agent borrowed from, read or
+///   listed). It never lists every pool for an owner it does not find (a
+///   DEL of a container that never allocated is common): an allocation in
+///   another node's block that a restarted agent no longer knows is
+///   collected by the controller's garbage collection.
+///
 /// # When the API does not answer
 ///
 /// Every call is bounded by [`IpamConfig::timeout`] (a `tokio::time::timeout`
@@ -516,7 +581,10 @@ impl Ipam {
     /// wait for it within their bound). Its watches restart with jitter
     /// drawn from `config.seed`.
     pub fn start(client: Client, config: IpamConfig) -> Ipam {
-        let cache = IpamCache::start_with(client.clone(), config.seed);
+        let cache = match &config.node {
+            Some(node) => IpamCache::start_for_node(client.clone(), config.seed, node),
+            None => IpamCache::start_with(client.clone(), config.seed),
+        };
         Ipam::new(client, cache, config)
     }
 
@@ -550,10 +618,12 @@ impl Ipam {
         let bound = self.config.timeout;
         let key = req.owner.key();
         let _owner = self.lock_owner(&lock_key(&key), started + bound).await?;
+        self.cache.narrow_to(&req.node);
         let mut guard = CallGuard {
             ipam: self,
             fresh: Vec::new(),
             armed: true,
+            listed: BTreeSet::new(),
         };
         let work = async {
             let res = self
@@ -806,7 +876,8 @@ impl Ipam {
                 });
             }
         }
-        self.precheck_exhaustion(req, &layouts, &families, &requested)?;
+        self.precheck_exhaustion(req, &layouts, &families, &requested, deadline, guard)
+            .await?;
 
         let mut out = Vec::new();
         // (pool, address, its holder's key): the holder is the owner, or a
@@ -847,7 +918,8 @@ impl Ipam {
                         break;
                     }
                     PoolOutcome::Exhausted => exhausted.push(layout.name.clone()),
-                    PoolOutcome::NotInPool => {}
+                    // in_pool lists and re-plans itself.
+                    PoolOutcome::NotInPool | PoolOutcome::NeedList => {}
                 }
             }
             let Some((layout, ip)) = got else {
@@ -906,28 +978,38 @@ impl Ipam {
     }
 
     /// Fails early, without a write, when a family has no free address in
-    /// any of its pools as far as the cache knows; the error names every
-    /// pool of the families that are exhausted.
-    fn precheck_exhaustion(
+    /// any of its pools as far as the cache knows (after listing, once per
+    /// call, the blocks of a pool that looks exhausted while the cache
+    /// watches only the node's blocks); the error names every pool of the
+    /// families that are exhausted.
+    async fn precheck_exhaustion(
         &self,
         req: &AllocateRequest,
         layouts: &[PoolLayout],
         families: &[Family],
         requested: &BTreeMap<Family, IpAddr>,
+        deadline: Instant,
+        guard: &mut CallGuard<'_>,
     ) -> Result<(), IpamError> {
+        let exhausted = |name: &str| {
+            self.cache.read(|s| {
+                s.pool(name).is_some_and(|ix| {
+                    ix.blocks.plan(&req.node, &req.owner, None) == Plan::Exhausted
+                })
+            })
+        };
         let mut names = Vec::new();
         for family in families {
             if requested.contains_key(family) {
                 continue;
             }
             let pools: Vec<&PoolLayout> = layouts.iter().filter(|l| l.family == *family).collect();
-            let all_exhausted = pools.iter().all(|l| {
-                self.cache.read(|s| {
-                    s.pool(&l.name).is_some_and(|ix| {
-                        ix.blocks.plan(&req.node, &req.owner, None) == Plan::Exhausted
-                    })
-                })
-            });
+            if self.cache.node().is_some() && pools.iter().all(|l| exhausted(&l.name)) {
+                for l in &pools {
+                    self.list_once(&l.name, deadline, guard).await?;
+                }
+            }
+            let all_exhausted = pools.iter().all(|l| exhausted(&l.name));
             if all_exhausted {
                 names.extend(pools.iter().map(|l| l.name.clone()));
             }
@@ -950,9 +1032,91 @@ impl Ipam {
     ) -> Result<PoolOutcome, IpamError> {
         let _lock = self.lock_pool(pool, deadline).await?;
         self.settle_locked(pool, deadline).await?;
+        if let (Some(ip), Some(layout)) = (want, self.cache.layout(pool)) {
+            // A requested address in a window the watch does not cover:
+            // read that window's block first.
+            let name = block_name(pool, layout.family, window_of(ip));
+            let own = self.cache.node().is_none()
+                || self
+                    .cache
+                    .block(&name)
+                    .is_some_and(|b| !self.cache.is_foreign(&name) && b.spec.node == req.node);
+            if !own && layout.contains(ip) {
+                self.refresh(&name, deadline).await?;
+            }
+        }
+        loop {
+            let may_list = self.cache.node().is_some() && !guard.listed.contains(pool);
+            match self
+                .in_pool_once(pool, req, want, may_list, deadline, guard)
+                .await?
+            {
+                PoolOutcome::NeedList => self.list_once(pool, deadline, guard).await?,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Lists `pool`'s blocks into the cache unless this call did already.
+    async fn list_once(
+        &self,
+        pool: &str,
+        deadline: Instant,
+        guard: &mut CallGuard<'_>,
+    ) -> Result<(), IpamError> {
+        if guard.listed.insert(pool.to_string()) {
+            self.list_pool(pool, deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads every (labelled) block of `pool` into the cache: how the
+    /// agent learns other nodes' blocks when its own are full.
+    async fn list_pool(&self, pool: &str, deadline: Instant) -> Result<(), IpamError> {
+        let limit = self.request_deadline(deadline);
+        let started = self.cache.clock();
+        let lp = ListParams::default().labels(&format!("{POOL_LABEL}={}", label_value(pool)));
+        match timeout_at(limit, self.api.list(&lp)).await {
+            Ok(Ok(list)) => {
+                tracing::debug!(pool = %pool, blocks = list.items.len(), "listed the pool's blocks");
+                self.cache.merge_pool_list(pool, started, list.items);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(IpamError::Unavailable {
+                what: format!("listing the IPAMBlocks of IPPool {pool}: {e}"),
+            }),
+            Err(_) => Err(IpamError::Unavailable {
+                what: format!("listing the IPAMBlocks of IPPool {pool}: no answer in time"),
+            }),
+        }
+    }
+
+    /// One planning round of [`Ipam::in_pool`]: `NeedList` when only
+    /// other nodes' blocks (or nothing) could serve and `may_list`.
+    async fn in_pool_once(
+        &self,
+        pool: &str,
+        req: &AllocateRequest,
+        want: Option<IpAddr>,
+        may_list: bool,
+        deadline: Instant,
+        guard: &mut CallGuard<'_>,
+    ) -> Result<PoolOutcome, IpamError> {
         let key = req.owner.key();
         self.mutate(pool, deadline, Some(guard), |ix| {
             let plan = ix.blocks.plan(&req.node, &req.owner, want);
+            if may_list && want.is_none() {
+                let borrow = match plan {
+                    Plan::Take { base, .. } => {
+                        ix.blocks.block(base).is_some_and(|b| b.node != req.node)
+                    }
+                    Plan::Exhausted => true,
+                    _ => false,
+                };
+                if borrow {
+                    return Ok(Decision::Done(PoolOutcome::NeedList));
+                }
+            }
             // For a takeover, who the record named before.
             let previous = match plan {
                 Plan::Held {
@@ -1074,6 +1238,7 @@ impl Ipam {
     ) -> Result<T, IpamError> {
         let mut backoff = Backoff::new(self.config.retry);
         let mut tries = 0u32;
+        let mut discoveries = 0u32;
         loop {
             tries += 1;
             let failure = match self
@@ -1081,7 +1246,20 @@ impl Ipam {
                 .await
             {
                 Ok(Attempt::Done(t)) => return Ok(t),
-                Ok(Attempt::Again) => None,
+                Ok(Attempt::Discovered) if discoveries < MAX_DISCOVERIES => {
+                    // The cache learned a block it did not know: re-plan at
+                    // once (no contention, just missing knowledge); after a
+                    // few, list the pool instead of reading one by one.
+                    discoveries += 1;
+                    tries -= 1;
+                    if discoveries >= LIST_AFTER_DISCOVERIES && self.cache.node().is_some() {
+                        if let Some(g) = guard.as_deref_mut() {
+                            self.list_once(pool, deadline, g).await?;
+                        }
+                    }
+                    continue;
+                }
+                Ok(Attempt::Again | Attempt::Discovered) => None,
                 Err(e @ IpamError::Unavailable { .. }) => Some(e),
                 Err(e) => return Err(e),
             };
@@ -1156,8 +1334,12 @@ impl Ipam {
             Sent::Conflict => {
                 not_applied(guard);
                 tracing::debug!(block = %write.name(), "conflict; re-reading the block");
+                let known = self.cache.block(write.name()).is_some();
                 self.refresh(write.name(), deadline).await?;
-                Ok(Attempt::Again)
+                Ok(match write {
+                    Write::Create(_) if !known => Attempt::Discovered,
+                    _ => Attempt::Again,
+                })
             }
             Sent::NotFound => {
                 not_applied(guard);
@@ -1334,17 +1516,28 @@ fn prepare<T>(s: &CacheState, ix: &PoolIndex, d: Decision<T>) -> Result<Prepared
             reason: reason.clone(),
         });
     }
-    let body = ix.blocks.to_object(base, &state);
+    let mut body = ix.blocks.to_object(base, &state);
     let write = match (&state.resource_version, s.block(&state.name)) {
-        (None, _) => Write::Create(body),
+        (None, _) => {
+            body.metadata.labels = Some(block_labels(&body.spec.node, &body.spec.pool));
+            Write::Create(body)
+        }
         (Some(rv), Some(stored)) => {
             let mut obj = stored.clone();
             obj.spec = body.spec;
             obj.metadata.resource_version = Some(rv.clone());
             obj.metadata.managed_fields = None;
+            // A block an older agent created has no labels: add them.
+            let missing = missing_block_labels(&obj);
+            if !missing.is_empty() {
+                obj.metadata.labels.get_or_insert_default().extend(missing);
+            }
             Write::Replace(obj)
         }
-        (Some(_), None) => Write::Replace(body),
+        (Some(_), None) => {
+            body.metadata.labels = Some(block_labels(&body.spec.node, &body.spec.pool));
+            Write::Replace(body)
+        }
     };
     Ok(Prepared::Write(Box::new(Ready {
         write,

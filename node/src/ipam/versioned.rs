@@ -165,14 +165,40 @@ impl<K: Resource + Clone> VersionedMap<K> {
     /// The (re-)list is complete: merges it and drops what it no longer
     /// holds (unless learned of after the list started).
     pub(crate) fn end_relist(&mut self) -> Vec<Change<K>> {
+        self.end_relist_where(|_| true)
+    }
+
+    /// [`VersionedMap::end_relist`] for a list that returns only some of
+    /// the objects held (a label-selected watch): only those `in_scope`
+    /// says the list covers may be dropped.
+    pub(crate) fn end_relist_where(&mut self, in_scope: impl Fn(&K) -> bool) -> Vec<Change<K>> {
         let Some(relist) = self.relist.take() else {
             return Vec::new();
         };
-        let listed: std::collections::BTreeSet<String> = relist.seen.iter().map(name_of).collect();
+        self.merge_list(relist.started, relist.seen, in_scope)
+    }
+
+    /// The local clock: pass it to [`VersionedMap::merge_list`] as the
+    /// moment a one-off LIST started.
+    pub(crate) fn clock(&self) -> u64 {
+        self.clock
+    }
+
+    /// Merges the objects of a LIST that started at `started` (see
+    /// [`VersionedMap::clock`]): takes the newer versions and drops the
+    /// objects `in_scope` says the list covers that it did not return,
+    /// unless learned of after it started.
+    pub(crate) fn merge_list(
+        &mut self,
+        started: u64,
+        seen: Vec<K>,
+        in_scope: impl Fn(&K) -> bool,
+    ) -> Vec<Change<K>> {
+        let listed: std::collections::BTreeSet<String> = seen.iter().map(name_of).collect();
         let gone: Vec<String> = self
             .entries
             .iter()
-            .filter(|(name, e)| e.stamp <= relist.started && !listed.contains(*name))
+            .filter(|(name, e)| e.stamp <= started && !listed.contains(*name) && in_scope(&e.obj))
             .map(|(name, _)| name.clone())
             .collect();
         let mut changes = Vec::new();
@@ -181,7 +207,7 @@ impl<K: Resource + Clone> VersionedMap<K> {
                 changes.push(Change::Removed(e.obj));
             }
         }
-        for obj in relist.seen {
+        for obj in seen {
             changes.extend(self.apply(obj));
         }
         changes

@@ -86,7 +86,27 @@ pub fn config(seed: u64) -> IpamConfig {
             max_attempts: 16,
         },
         seed: Some(seed),
+        node: None,
     }
+}
+
+/// An agent's allocator on `node` (its cache watches only that node's
+/// blocks from the start), with a synced cache, knowing `pools`.
+pub async fn agent_on(server: &ApiServer, seed: u64, node: &str, pools: &[&str]) -> Ipam {
+    let ipam = Ipam::start(
+        client(server),
+        IpamConfig {
+            node: Some(node.to_string()),
+            ..config(seed)
+        },
+    );
+    tokio::time::timeout(Duration::from_secs(10), ipam.cache().wait_ready())
+        .await
+        .expect("cache ready");
+    for p in pools {
+        wait_until(|| ipam.cache().layout(p).is_some()).await;
+    }
+    ipam
 }
 
 /// An agent's allocator with a synced cache, knowing `pools`.
