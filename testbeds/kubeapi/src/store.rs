@@ -199,11 +199,13 @@ struct Watcher {
 }
 
 /// The open watches, indexed so that a change is offered only to the
-/// watches that can see it: by resource, and, for a watch whose field
-/// selector asks for one value of a field (a kubelet's or an agent's
-/// `spec.nodeName=NODE`), by that value, as kube-apiserver's watch cache
-/// indexes Pods by node. Ids ascend in creation order; every iteration is
-/// in id order, so watchers are served in the same order in every run.
+/// watches that can see it: by resource, and, for a watch whose selector
+/// asks for one value of a field (a kubelet's or an agent's
+/// `spec.nodeName=NODE`, as kube-apiserver's watch cache indexes Pods by
+/// node) or else of a label (an agent's `spur.dev/node=NODE` on its
+/// IPAMBlocks), by that value. Ids ascend in creation order; every
+/// iteration is in id order, so watchers are served in the same order in
+/// every run.
 #[derive(Default)]
 struct Watchers {
     all: BTreeMap<u64, Watcher>,
@@ -211,20 +213,29 @@ struct Watchers {
     by_key: BTreeMap<StoreKey, KeyWatchers>,
 }
 
+/// What a watch is indexed by: one value of a field or of a label.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum IndexKey {
+    /// (field path, value).
+    Field(String, String),
+    /// (label key, value).
+    Label(String, String),
+}
+
 #[derive(Default)]
 struct KeyWatchers {
-    /// Watches not indexed by a field.
+    /// Watches not indexed.
     any: BTreeSet<u64>,
-    /// (field path, value) -> watches asking for exactly that value.
-    by_field: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// Index key -> watches asking for exactly that value.
+    indexed: BTreeMap<IndexKey, BTreeSet<u64>>,
 }
 
 impl Watchers {
     fn insert(&mut self, id: u64, w: Watcher) {
         let group = self.by_key.entry(w.spec.resource.store_key()).or_default();
-        match indexed_field(&w.spec) {
-            Some(f) => {
-                group.by_field.entry(f).or_default().insert(id);
+        match index_key(&w.spec) {
+            Some(k) => {
+                group.indexed.entry(k).or_default().insert(id);
             }
             None => {
                 group.any.insert(id);
@@ -238,12 +249,12 @@ impl Watchers {
             return;
         };
         if let Some(group) = self.by_key.get_mut(&w.spec.resource.store_key()) {
-            match indexed_field(&w.spec) {
-                Some(f) => {
-                    if let Some(set) = group.by_field.get_mut(&f) {
+            match index_key(&w.spec) {
+                Some(k) => {
+                    if let Some(set) = group.indexed.get_mut(&k) {
                         set.remove(&id);
                         if set.is_empty() {
-                            group.by_field.remove(&f);
+                            group.indexed.remove(&k);
                         }
                     }
                 }
@@ -261,12 +272,29 @@ impl Watchers {
             return Vec::new();
         };
         let mut ids: BTreeSet<u64> = group.any.clone();
-        if !group.by_field.is_empty() {
-            let paths: BTreeSet<&str> = group.by_field.keys().map(|(p, _)| p.as_str()).collect();
-            for path in paths {
-                for obj in std::iter::once(new).chain(old) {
+        if !group.indexed.is_empty() {
+            // The distinct fields and labels indexed (few: one or two).
+            let mut fields: BTreeSet<&str> = BTreeSet::new();
+            let mut labels: BTreeSet<&str> = BTreeSet::new();
+            for k in group.indexed.keys() {
+                match k {
+                    IndexKey::Field(p, _) => fields.insert(p.as_str()),
+                    IndexKey::Label(l, _) => labels.insert(l.as_str()),
+                };
+            }
+            for obj in std::iter::once(new).chain(old) {
+                for &path in &fields {
                     let v = crate::selectors::field_value(obj, path);
-                    if let Some(set) = group.by_field.get(&(path.to_string(), v)) {
+                    if let Some(set) = group.indexed.get(&IndexKey::Field(path.to_string(), v)) {
+                        ids.extend(set);
+                    }
+                }
+                for &label in &labels {
+                    let Some(v) = label_of(obj, label) else {
+                        continue;
+                    };
+                    let k = IndexKey::Label(label.to_string(), v.to_string());
+                    if let Some(set) = group.indexed.get(&k) {
                         ids.extend(set);
                     }
                 }
@@ -276,14 +304,30 @@ impl Watchers {
     }
 }
 
-/// The (path, value) a watch is indexed by: its field selector's first
-/// equality requirement.
-fn indexed_field(spec: &WatchSpec) -> Option<(String, String)> {
+/// What a watch is indexed by: its field selector's first equality
+/// requirement, or else its label selector's first (one value of a label).
+fn index_key(spec: &WatchSpec) -> Option<IndexKey> {
     spec.fields
         .requirements
         .iter()
         .find(|r| r.operator == crate::selectors::FieldOperator::Equals)
-        .map(|r| (r.path.clone(), r.value.clone()))
+        .map(|r| IndexKey::Field(r.path.clone(), r.value.clone()))
+        .or_else(|| {
+            spec.labels.requirements.iter().find_map(|r| {
+                let one = matches!(
+                    r.operator,
+                    crate::selectors::LabelOperator::Equals | crate::selectors::LabelOperator::In
+                ) && r.values.len() == 1;
+                one.then(|| r.values.iter().next())
+                    .flatten()
+                    .map(|v| IndexKey::Label(r.key.clone(), v.clone()))
+            })
+        })
+}
+
+/// The value of label `key` of an object.
+fn label_of<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
+    obj.get("metadata")?.get("labels")?.get(key)?.as_str()
 }
 
 /// Options of a list.
@@ -345,7 +389,14 @@ pub struct Store {
     journal: Option<Box<dyn Journal>>,
     /// owner UID -> dependents (store key, namespace, name).
     dependents: BTreeMap<String, BTreeSet<(StoreKey, String, String)>>,
+    /// Pods by `spec.nodeName` ("" for unscheduled ones) -> (namespace,
+    /// name): a kubelet's or an agent's list reads only its node's Pods,
+    /// as kube-apiserver's watch cache serves them.
+    pods_by_node: BTreeMap<String, BTreeSet<(String, String)>>,
 }
+
+/// The path Pods are indexed by (see [`Store::list`]).
+const NODE_NAME_FIELD: &str = "spec.nodeName";
 
 /// Namespaces every cluster has.
 pub const SYSTEM_NAMESPACES: [&str; 4] =
@@ -373,6 +424,7 @@ impl Store {
             admission: Admission::default(),
             journal: None,
             dependents: BTreeMap::new(),
+            pods_by_node: BTreeMap::new(),
         };
         s.bootstrap();
         s
@@ -419,6 +471,7 @@ impl Store {
             // The records hold the bootstrap objects too.
             s.objects.clear();
             s.dependents.clear();
+            s.pods_by_node.clear();
             s.registry = Registry::builtin();
             s.rv = 0;
         }
@@ -437,7 +490,7 @@ impl Store {
                     }
                     let key = StoreKey { group, plural };
                     let id = (namespace_of(&object), name_of(&object));
-                    s.index_owners(&key, &id.0, &id.1, None, Some(&object));
+                    s.reindex(&key, &id.0, &id.1, None, Some(&object));
                     s.objects.entry(key).or_default().insert(id, object);
                 }
                 Mutation::Delete {
@@ -456,7 +509,7 @@ impl Store {
                         .objects
                         .get_mut(&key)
                         .and_then(|m| m.remove(&(namespace.clone(), name.clone())));
-                    s.index_owners(&key, &namespace, &name, old.as_ref(), None);
+                    s.reindex(&key, &namespace, &name, old.as_ref(), None);
                 }
             }
         }
@@ -658,11 +711,31 @@ impl Store {
                 None => None,
             };
         let empty = BTreeMap::new();
-        let all = self.objects.get(&res.store_key()).unwrap_or(&empty);
+        let key = res.store_key();
+        let all = self.objects.get(&key).unwrap_or(&empty);
+        // Pods of one node: only those the index names (same order).
+        let node = (key.group.is_empty() && key.plural == "pods")
+            .then(|| {
+                opts.fields.requirements.iter().find(|r| {
+                    r.operator == crate::selectors::FieldOperator::Equals
+                        && r.path == NODE_NAME_FIELD
+                })
+            })
+            .flatten();
+        let candidates: Box<dyn Iterator<Item = (&(String, String), &Value)>> = match node {
+            Some(r) => Box::new(
+                self.pods_by_node
+                    .get(&r.value)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| all.get_key_value(id)),
+            ),
+            None => Box::new(all.iter()),
+        };
         let mut items = Vec::new();
         let mut last_key = None;
         let mut remaining = 0usize;
-        for ((ons, oname), obj) in all.iter() {
+        for ((ons, oname), obj) in candidates {
             if let Some(n) = ns {
                 if ons != n {
                     continue;
@@ -870,7 +943,7 @@ impl Store {
             self.registry = reg;
         }
         let key = res.store_key();
-        self.index_owners(&key, &ns, &name, None, Some(&obj));
+        self.reindex(&key, &ns, &name, None, Some(&obj));
         self.objects
             .entry(key.clone())
             .or_default()
@@ -1058,7 +1131,7 @@ impl Store {
             self.registry = reg;
         }
         let key = res.store_key();
-        self.index_owners(&key, ns, name, Some(&old), Some(&new));
+        self.reindex(&key, ns, name, Some(&old), Some(&new));
         self.objects
             .entry(key.clone())
             .or_default()
@@ -1288,7 +1361,7 @@ impl Store {
         if let Some(m) = self.objects.get_mut(&key) {
             m.remove(&(ns.to_string(), name.to_string()));
         }
-        self.index_owners(&key, ns, name, Some(&old), None);
+        self.reindex(&key, ns, name, Some(&old), None);
         if key.group == "apiextensions.k8s.io" && key.plural == "customresourcedefinitions" {
             for r in self.registry.remove_crd(name) {
                 // Objects of a deleted CRD go with it.
@@ -1393,7 +1466,9 @@ impl Store {
         Ok(())
     }
 
-    fn index_owners(
+    /// Keeps the indexes (dependents by owner UID, Pods by node) in step
+    /// with a change of one object from `old` to `new`.
+    fn reindex(
         &mut self,
         key: &StoreKey,
         ns: &str,
@@ -1412,6 +1487,22 @@ impl Store {
         }
         for uid in owner_uids(new) {
             self.dependents.entry(uid).or_default().insert(id.clone());
+        }
+        if key.group.is_empty() && key.plural == "pods" {
+            let pod = (ns.to_string(), name.to_string());
+            if let Some(o) = old {
+                let node = crate::selectors::field_value(o, NODE_NAME_FIELD);
+                if let Some(set) = self.pods_by_node.get_mut(&node) {
+                    set.remove(&pod);
+                    if set.is_empty() {
+                        self.pods_by_node.remove(&node);
+                    }
+                }
+            }
+            if let Some(n) = new {
+                let node = crate::selectors::field_value(n, NODE_NAME_FIELD);
+                self.pods_by_node.entry(node).or_default().insert(pod);
+            }
         }
     }
 
