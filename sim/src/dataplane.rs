@@ -799,6 +799,12 @@ impl Dataplane {
             .ok_or_else(|| DataplaneError::UnknownInterface(id.to_string()))
     }
 
+    /// The L2 broadcast domain of an interface (None: detached). Two
+    /// interfaces share one exactly when [`Dataplane::same_l2`] says so.
+    pub fn l2_domain(&self, id: &str) -> Result<Option<usize>, DataplaneError> {
+        Ok(self.ifaces[self.get(id)?].domain)
+    }
+
     /// True when the two interfaces share an L2 broadcast domain (the same
     /// VLAN, connected through bridges and segments). Detached interfaces
     /// share none.

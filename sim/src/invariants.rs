@@ -331,25 +331,37 @@ pub fn ready_pods_match(ifaces: &[ReadyInterface], pools: &[IPPool]) -> Vec<Viol
     out
 }
 
-/// VLAN isolation: two interfaces the data plane puts in one L2 domain are
-/// on the same VLAN. `same_l2` answers for a pair of interface ids.
+/// VLAN isolation: interfaces the data plane puts in one L2 domain are on
+/// the same VLAN. `domain` gives an interface's L2 domain (None: detached).
+/// One violation per domain and extra VLAN, naming the first interface of
+/// the domain's lowest VLAN and the first of the other; linear in the
+/// number of interfaces (the cluster mode has tens of thousands).
 pub fn vlan_isolation(
     ifaces: &[ReadyInterface],
-    same_l2: impl Fn(&str, &str) -> bool,
+    domain: impl Fn(&str) -> Option<usize>,
 ) -> Vec<Violation> {
+    let mut domains: BTreeMap<usize, BTreeMap<u16, &str>> = BTreeMap::new();
+    for i in ifaces {
+        let (Some(vlan), Some(d)) = (i.vlan, domain(&i.id)) else {
+            continue;
+        };
+        domains
+            .entry(d)
+            .or_default()
+            .entry(vlan)
+            .or_insert(i.id.as_str());
+    }
     let mut out = Vec::new();
-    let tagged: Vec<&ReadyInterface> = ifaces.iter().filter(|i| i.vlan.is_some()).collect();
-    for (n, a) in tagged.iter().enumerate() {
-        for b in &tagged[n + 1..] {
-            if a.vlan != b.vlan && same_l2(&a.id, &b.id) {
-                out.push(violation(
-                    "vlan-isolation",
-                    format!(
-                        "{} (VLAN {:?}) and {} (VLAN {:?}) share an L2 domain",
-                        a.id, a.vlan, b.id, b.vlan
-                    ),
-                ));
-            }
+    for vlans in domains.values() {
+        let mut it = vlans.iter();
+        let Some((first_vlan, first)) = it.next() else {
+            continue;
+        };
+        for (vlan, id) in it {
+            out.push(violation(
+                "vlan-isolation",
+                format!("{first} (VLAN {first_vlan}) and {id} (VLAN {vlan}) share an L2 domain"),
+            ));
         }
     }
     out
@@ -588,9 +600,20 @@ mod tests {
             pools: vec![],
             addresses: vec![],
         };
-        let ifaces = [i("a", 100), i("b", 200), i("c", 100)];
-        assert!(vlan_isolation(&ifaces, |x, y| (x, y) == ("a", "c")).is_empty());
-        assert_eq!(vlan_isolation(&ifaces, |_, _| true).len(), 2);
+        let ifaces = [i("a", 100), i("b", 200), i("c", 100), i("d", 300)];
+        let apart = |id: &str| Some(usize::from(id == "b" || id == "d") + usize::from(id == "d"));
+        assert!(vlan_isolation(&ifaces, apart).is_empty());
+        let detached = |id: &str| (id != "b" && id != "d").then_some(0);
+        assert!(vlan_isolation(&ifaces, detached).is_empty());
+        let one = vlan_isolation(&ifaces, |_| Some(0));
+        let details: Vec<&str> = one.iter().map(|v| v.detail.as_str()).collect();
+        assert_eq!(
+            details,
+            [
+                "a (VLAN 100) and b (VLAN 200) share an L2 domain",
+                "a (VLAN 100) and d (VLAN 300) share an L2 domain"
+            ]
+        );
     }
 
     #[test]

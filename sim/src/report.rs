@@ -241,7 +241,8 @@ impl Facts {
             live_sets: sets.iter().filter_map(live_set).collect(),
             ..Facts::default()
         };
-        for obj in &pod_objs {
+        for owned in pod_objs {
+            let obj = &owned;
             let pod = pod_ref(obj);
             let node = obj
                 .pointer("/spec/nodeName")
@@ -341,7 +342,7 @@ impl Facts {
                 pod,
                 node,
                 terminating,
-                object: obj.clone(),
+                object: owned,
                 view,
             });
         }
@@ -433,13 +434,14 @@ fn build_dataplane(
     ifaces: &[IfaceFact],
 ) -> Result<Dataplane, dataplane::DataplaneError> {
     let testbed = world.testbed();
-    let known: BTreeSet<String> = ifaces
-        .iter()
-        .filter(|i| i.facts.is_some())
-        .map(|i| i.id.to_string())
-        .collect();
+    // The interfaces with a link, per node.
+    let mut on_node: BTreeMap<&str, Vec<&IfaceFact>> = BTreeMap::new();
+    for i in ifaces.iter().filter(|i| i.facts.is_some()) {
+        on_node.entry(i.node.as_str()).or_default().push(i);
+    }
     let mut nodes = Vec::new();
     for (name, _, switch, _) in world.node_views() {
+        let here = on_node.get(name).map(Vec::as_slice).unwrap_or_default();
         let nics = testbed
             .spec
             .nodes
@@ -455,9 +457,8 @@ fn build_dataplane(
                 name: b.spec.name.clone(),
                 uplinks: b.spec.uplinks.clone(),
                 mcast_snooping: b.spec.mcast_snooping,
-                access_ports: ifaces
+                access_ports: here
                     .iter()
-                    .filter(|i| i.node == name && known.contains(&i.id.to_string()))
                     .filter_map(|i| {
                         let p = i.port.as_ref()?;
                         b.ports
@@ -471,9 +472,8 @@ fn build_dataplane(
                     .collect(),
             })
             .collect();
-        let macvlans = ifaces
+        let macvlans = here
             .iter()
-            .filter(|i| i.node == name && known.contains(&i.id.to_string()))
             .filter_map(|i| {
                 Some(dataplane::Macvlan {
                     parent: i.macvlan_parent.clone()?,
@@ -524,12 +524,12 @@ fn build_dataplane(
 /// manifests created them, reachability and multicast from the data-plane
 /// model, pool usage from the IPPools, refusals, and every expectation
 /// that failed plus every disagreement seen.
-pub(crate) async fn build(
+pub(crate) fn build(
     world: &World,
+    facts: Facts,
     rejected: &[Rejection],
     order: &[(PodRef, Option<String>)],
 ) -> Report {
-    let facts = Facts::collect(world);
     let testbed = world.testbed();
     let mut report = Report::new(testbed.name.clone(), Runner::Sim);
     let mut problems = Vec::new();
@@ -552,6 +552,12 @@ pub(crate) async fn build(
         .filter_map(|p| PoolLayout::from_pool(p).ok().map(|l| (l.name.clone(), l)))
         .collect();
     let by_pod: BTreeMap<&PodRef, &PodFact> = facts.pods.iter().map(|p| (&p.pod, p)).collect();
+    let by_interface: BTreeMap<&InterfaceRef, &IfaceFact> =
+        facts.interfaces.iter().map(|i| (&i.id, i)).collect();
+    let links_of: BTreeMap<&str, LinksSnapshot> = world
+        .node_views()
+        .map(|(n, _, _, l)| (n, l.snapshot()))
+        .collect();
     let mut endpoints: BTreeSet<InterfaceRef> = BTreeSet::new();
     for (pod, placed) in order {
         let Some(p) = by_pod.get(pod) else {
@@ -589,16 +595,12 @@ pub(crate) async fn build(
                     "Pod {pod}: ready, but it has no {NETWORK_STATUS_ANNOTATION} annotation"
                 ));
             }
-            let links = world
-                .node_views()
-                .find(|(n, ..)| *n == node)
-                .map(|(_, _, _, l)| l.snapshot());
+            let links = links_of.get(node.as_str());
             for entry in &entries {
                 let Some(ifname) = entry.interface.as_deref() else {
                     continue;
                 };
                 let link = links
-                    .as_ref()
                     .and_then(|l| l.netns.get(&PathBuf::from(&sb.netns_path)))
                     .and_then(|l| l.get(ifname));
                 let f = link.map(|l| IfaceFacts {
@@ -607,10 +609,8 @@ pub(crate) async fn build(
                     mtu: l.mtu,
                     ips: l.addresses.clone(),
                 });
-                let port = facts
-                    .interfaces
-                    .iter()
-                    .find(|i| i.id == pod.interface(ifname))
+                let port = by_interface
+                    .get(&pod.interface(ifname))
                     .and_then(|i| i.port.clone());
                 let (itf, p) = spur_hil::run::interface_report(
                     pod,

@@ -616,6 +616,7 @@ impl World {
             client.clone(),
             IpamConfig {
                 seed: Some(seed),
+                node: Some(node.name.clone()),
                 ..IpamConfig::default()
             },
         );
@@ -741,7 +742,10 @@ impl World {
         // workloads — and it must come back to the same state.
         loop {
             tokio::time::sleep(self.opts.check_every).await;
-            for v in self.check(false) {
+            // One reading of the world serves the invariants and the
+            // convergence test (nothing runs in between).
+            let facts = crate::report::Facts::collect(&self);
+            for v in self.check(&facts, false) {
                 if seen.insert((v.invariant, v.detail.clone())) {
                     if violations.is_empty() {
                         trace_at_violation = self.trace.recent();
@@ -750,7 +754,7 @@ impl World {
                     violations.push((self.clock.elapsed() - applied_at, v));
                 }
             }
-            if self.converged().await
+            if self.unsettled(&facts).is_empty()
                 || self.clock.elapsed() - applied_at > self.opts.converge_within
             {
                 break;
@@ -783,8 +787,8 @@ impl World {
             if quiet && !plan.is_empty() {
                 lock(&self.faults_over).get_or_insert_with(tokio::time::Instant::now);
             }
-            let found = self.check(false);
-            for v in found {
+            let facts = crate::report::Facts::collect(&self);
+            for v in self.check(&facts, false) {
                 if seen.insert((v.invariant, v.detail.clone())) {
                     if violations.is_empty() {
                         trace_at_violation = self.trace.recent();
@@ -793,7 +797,7 @@ impl World {
                     violations.push((now, v));
                 }
             }
-            if quiet && self.converged().await {
+            if quiet && self.unsettled(&facts).is_empty() {
                 break;
             }
             if now > faults::ACTIVE_WINDOW + self.opts.converge_within {
@@ -804,7 +808,7 @@ impl World {
                         detail: format!(
                             "the cluster did not converge within {} s of simulated time after the faults: {}",
                             self.opts.converge_within.as_secs(),
-                            self.unsettled().await.join("; ")
+                            self.unsettled(&facts).join("; ")
                         ),
                     },
                 ));
@@ -812,10 +816,11 @@ impl World {
             }
         }
         let converged_after = self.clock.elapsed() - applied_at;
-        let allocations = crate::report::Facts::collect(&self).held.len();
+        let facts = crate::report::Facts::collect(&self);
+        let allocations = facts.held.len();
         let api = self.server.stats();
         // At quiescence: everything, garbage collection included.
-        for v in self.check(true) {
+        for v in self.check(&facts, true) {
             if seen.insert((v.invariant, v.detail.clone())) {
                 if violations.is_empty() {
                     trace_at_violation = self.trace.recent();
@@ -823,7 +828,7 @@ impl World {
                 violations.push((self.clock.elapsed() - start, v));
             }
         }
-        let mut report = crate::report::build(&self, &applied.rejected, &applied.pods).await;
+        let mut report = crate::report::build(&self, facts, &applied.rejected, &applied.pods);
         report.seed = Some(self.seed);
         if self.opts.teardown {
             let leaks = self.teardown().await;
@@ -1166,10 +1171,9 @@ impl World {
         }
     }
 
-    /// The invariants over what the world holds now; with `quiescent`,
-    /// also those that hold only once the cluster converged.
-    fn check(&self, quiescent: bool) -> Vec<Violation> {
-        let facts = crate::report::Facts::collect(self);
+    /// The invariants over `facts` (what the world holds now); with
+    /// `quiescent`, also those that hold only once the cluster converged.
+    fn check(&self, facts: &crate::report::Facts, quiescent: bool) -> Vec<Violation> {
         let mut out = Vec::new();
         out.extend(facts.bad_blocks.clone());
         out.extend(invariants::no_double_owner(&facts.held, &facts.pools));
@@ -1188,10 +1192,9 @@ impl World {
             &facts.pools,
         ));
         if let Some(dp) = &facts.dataplane {
-            out.extend(invariants::vlan_isolation(
-                &facts.ready_interfaces,
-                |a, b| dp.same_l2(a, b).unwrap_or(false),
-            ));
+            out.extend(invariants::vlan_isolation(&facts.ready_interfaces, |id| {
+                dp.l2_domain(id).ok().flatten()
+            }));
         }
         if quiescent {
             out.extend(invariants::allocations_have_live_owners(
@@ -1203,23 +1206,18 @@ impl World {
         out
     }
 
-    /// True when the cluster has converged: every agent serves, every Pod
-    /// is settled (ready, or failed with an error that is not a "try
-    /// again"), none terminating, every allocation has a live owner, every
-    /// pool's usage is current.
-    async fn converged(&self) -> bool {
-        self.unsettled().await.is_empty()
-    }
-
-    /// What keeps the cluster from having converged.
-    async fn unsettled(&self) -> Vec<String> {
+    /// What keeps the cluster, as `facts` show it, from having converged
+    /// (nothing: it has): every agent serves, every Pod is settled (ready,
+    /// or failed with an error that is not a "try again"), none
+    /// terminating, every allocation has a live owner, every pool's usage
+    /// is current.
+    fn unsettled(&self, facts: &crate::report::Facts) -> Vec<String> {
         let mut out = Vec::new();
         for n in &self.nodes {
             if lock(&n.cni.socket).is_none() {
                 out.push(format!("the agent of {} does not serve", n.name));
             }
         }
-        let facts = crate::report::Facts::collect(self);
         for p in &facts.pods {
             if p.terminating {
                 out.push(format!("Pod {} is terminating", p.pod));
