@@ -795,3 +795,79 @@ async fn bound_pods_are_deleted_gracefully() {
         ]
     );
 }
+
+#[tokio::test]
+async fn node_lists_and_label_watches_follow_every_change() {
+    let server = ApiServer::in_memory();
+    let c = client(&server);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let names =
+        |l: kube::core::ObjectList<Pod>| l.items.iter().map(|p| p.name_any()).collect::<Vec<_>>();
+    let on = |node: &str| {
+        let pods = pods.clone();
+        let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
+        async move { names(pods.list(&lp).await.unwrap()) }
+    };
+    pods.create(&PostParams::default(), &pod("a1", "node-a", &[]))
+        .await
+        .unwrap();
+    let unbound: Pod = serde_json::from_value(json!({"metadata": {"name": "p0"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
+    .unwrap();
+    pods.create(&PostParams::default(), &unbound).await.unwrap();
+    assert_eq!(on("node-a").await, ["a1"]);
+    assert_eq!(on("").await, ["p0"], "unscheduled Pods have nodeName \"\"");
+    // Scheduled: it moves from "" to node-a.
+    let bind = json!({"spec": {"nodeName": "node-a"}});
+    pods.patch("p0", &PatchParams::default(), &Patch::Merge(&bind))
+        .await
+        .unwrap();
+    assert_eq!(on("node-a").await, ["a1", "p0"]);
+    assert!(on("").await.is_empty());
+    // Other selectors still apply on top of the node.
+    let lp = ListParams::default()
+        .fields("spec.nodeName=node-a,metadata.name!=a1")
+        .labels("");
+    assert_eq!(names(pods.list(&lp).await.unwrap()), ["p0"]);
+    // Deleted for good: gone from its node's list.
+    pods.delete("a1", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    assert_eq!(on("node-a").await, ["p0"]);
+    assert!(on("node-b").await.is_empty());
+
+    // A watch on one label value sees objects enter and leave it.
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    let mut stream = cms
+        .watch(&WatchParams::default().labels("spur.dev/node=node-a"), "0")
+        .await
+        .unwrap()
+        .boxed();
+    cms.create(&PostParams::default(), &cm("x", &[]))
+        .await
+        .unwrap();
+    let label = |v: &str| json!({"metadata": {"labels": {"spur.dev/node": v}}});
+    for v in ["node-b", "node-a", "node-c"] {
+        cms.patch("x", &PatchParams::default(), &Patch::Merge(&label(v)))
+            .await
+            .unwrap();
+    }
+    let mut y = cm("y", &[]);
+    y.metadata.labels = Some([("spur.dev/node".to_string(), "node-a".to_string())].into());
+    cms.create(&PostParams::default(), &y).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match ev {
+            WatchEvent::Added(o) => got.push(format!("added {}", o.name_any())),
+            WatchEvent::Modified(o) => got.push(format!("modified {}", o.name_any())),
+            WatchEvent::Deleted(o) => got.push(format!("deleted {}", o.name_any())),
+            _ => {}
+        }
+    }
+    assert_eq!(got, ["added x", "deleted x", "added y"]);
+}
