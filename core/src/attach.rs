@@ -39,9 +39,13 @@ use crate::ipamreq::{
     PodIpamAnnotations, PoolAddress,
 };
 use crate::ippool::PoolLayout;
-use crate::nad::{classify, NetworkKind, NetworkType, Route, SpurIpamConfig, SpurNetworkConfig};
+use crate::nad::{
+    check_resource_name, classify, NetworkKind, NetworkType, Route, SpurIpamConfig,
+    SpurNetworkConfig, VfSettings,
+};
 use crate::names::Mac;
 use crate::selection::{self, Naming, RequestedIp, SelectionElement};
+use crate::sriov::PciAddress;
 
 /// The annotation listing a Pod's networks.
 pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
@@ -112,6 +116,46 @@ pub enum Datapath {
         /// The access VLAN.
         vlan: u16,
     },
+    /// An SR-IOV virtual function moved into the Pod, tagged with `vlan`
+    /// (0: untagged) by its PF.
+    Sriov {
+        /// Where the VF comes from.
+        device: VfSource,
+        /// The VF's VLAN.
+        vlan: u16,
+        /// Priority, spoof check, trust.
+        vf: VfSettings,
+    },
+}
+
+/// How the agent learns which VF an SR-IOV interface gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VfSource {
+    /// Native mode: one of the devices of this device-plugin resource that
+    /// the kubelet assigned the Pod (see [`crate::sriov::assign_devices`]).
+    Resource(String),
+    /// Multus mode: the VF Multus passed as `deviceID`.
+    Device(PciAddress),
+}
+
+/// A NetworkAttachmentDefinition as the planner needs it: its
+/// `spec.config` and its resource-name annotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nad {
+    /// `spec.config`.
+    pub config: String,
+    /// The `k8s.v1.cni.cncf.io/resourceName` annotation, when present.
+    pub resource_name: Option<String>,
+}
+
+impl Nad {
+    /// A NAD with only a config (no resource-name annotation).
+    pub fn config(config: impl Into<String>) -> Nad {
+        Nad {
+            config: config.into(),
+            resource_name: None,
+        }
+    }
 }
 
 /// One interface an ADD creates.
@@ -141,17 +185,18 @@ pub struct NetworkPlan {
 }
 
 impl NetworkPlan {
-    /// The access VLAN.
+    /// The VLAN: the access port's, or the VF's.
     pub fn vlan(&self) -> u16 {
         match &self.datapath {
-            Datapath::Vlan { vlan, .. } => *vlan,
+            Datapath::Vlan { vlan, .. } | Datapath::Sriov { vlan, .. } => *vlan,
         }
     }
 
-    /// The bridge.
-    pub fn bridge(&self) -> &str {
+    /// The bridge of a `vlan` network (None for SR-IOV).
+    pub fn bridge(&self) -> Option<&str> {
         match &self.datapath {
-            Datapath::Vlan { bridge, .. } => bridge,
+            Datapath::Vlan { bridge, .. } => Some(bridge),
+            Datapath::Sriov { .. } => None,
         }
     }
 }
@@ -165,7 +210,7 @@ impl NetworkPlan {
 /// only its own networks.
 pub fn plan_native(
     pod: &PodView<'_>,
-    nad: &dyn Fn(&str, &str) -> Option<String>,
+    nad: &dyn Fn(&str, &str) -> Option<Nad>,
     pool: &dyn Fn(&str) -> Option<PoolLayout>,
     bridges: &[String],
 ) -> Result<Vec<NetworkPlan>, AttachError> {
@@ -185,7 +230,7 @@ pub fn plan_native(
     for el in &elements {
         let network = el.network();
         let subject = Subject::new("NetworkAttachmentDefinition", Some(&el.namespace), &el.name);
-        let Some(config) = nad(&el.namespace, &el.name) else {
+        let Some(found) = nad(&el.namespace, &el.name) else {
             return Err(AttachError::of(
                 &network,
                 pod.subject().error(
@@ -199,30 +244,32 @@ pub fn plan_native(
                 ),
             ));
         };
-        let cfg = match classify(&config, &subject).map_err(|e| AttachError::of(&network, e))? {
-            NetworkKind::Spur(c) => *c,
-            NetworkKind::SpurIpam(p) => {
-                return Err(AttachError::of(
-                    &network,
-                    not_spur(&subject, &p.plugin_type),
-                ))
-            }
-            NetworkKind::Other => {
-                return Err(AttachError::of(
-                    &network,
-                    not_spur(&subject, "another plugin"),
-                ))
-            }
-        };
-        networks.push((el, network, subject, cfg));
+        let cfg =
+            match classify(&found.config, &subject).map_err(|e| AttachError::of(&network, e))? {
+                NetworkKind::Spur(c) => *c,
+                NetworkKind::SpurIpam(p) => {
+                    return Err(AttachError::of(
+                        &network,
+                        not_spur(&subject, &p.plugin_type),
+                    ))
+                }
+                NetworkKind::Other => {
+                    return Err(AttachError::of(
+                        &network,
+                        not_spur(&subject, "another plugin"),
+                    ))
+                }
+            };
+        networks.push((el, network, subject, cfg, found.resource_name));
     }
     let mut plans = Vec::with_capacity(networks.len());
     let mut layouts: Vec<Vec<PoolLayout>> = Vec::with_capacity(networks.len());
-    for (el, network, subject, cfg) in &networks {
+    for (el, network, subject, cfg, resource_name) in &networks {
         let (plan, pools) = plan_network(
             network,
             subject,
             cfg,
+            VfFrom::Resource(resource_name.as_deref()),
             &Element::from(*el),
             &ipam_ann,
             pool,
@@ -288,7 +335,16 @@ pub fn plan_single(
     )
     .map_err(AttachError::pod)?;
     let subject = Subject::named(format!("NetworkAttachmentDefinition {network}"));
-    let (plan, _) = plan_network(network, &subject, config, element, &ipam_ann, pool, bridges)?;
+    let (plan, _) = plan_network(
+        network,
+        &subject,
+        config,
+        VfFrom::DeviceId,
+        element,
+        &ipam_ann,
+        pool,
+        bridges,
+    )?;
     Ok(plan)
 }
 
@@ -338,25 +394,27 @@ pub fn plan_ipam(
     })
 }
 
+/// Where an SR-IOV network's VF is named.
+#[derive(Debug, Clone, Copy)]
+enum VfFrom<'a> {
+    /// Native mode: the NAD's resource-name annotation (None: absent).
+    Resource(Option<&'a str>),
+    /// Multus mode: `deviceID` in the config.
+    DeviceId,
+}
+
+#[allow(clippy::too_many_arguments)] // one call per mode; a struct would only rename them
 fn plan_network(
     network: &str,
     subject: &Subject,
     cfg: &SpurNetworkConfig,
+    vf_from: VfFrom<'_>,
     el: &Element,
     ipam_ann: &PodIpamAnnotations,
     pool: &dyn Fn(&str) -> Option<PoolLayout>,
     bridges: &[String],
 ) -> Result<(NetworkPlan, Vec<PoolLayout>), AttachError> {
     let fail = |e: Invalid| AttachError::of(network, e);
-    if cfg.network_type != NetworkType::Vlan {
-        return Err(fail(subject.error(
-            Kind::Unsupported,
-            "spec.config.networkType",
-            Some(format!("{:?}", cfg.network_type.as_str())),
-            "this spur-agent serves vlan networks only; sriov networks come with SR-IOV support",
-        )));
-    }
-    let bridge = choose_bridge(subject, cfg.bridge.as_deref(), bridges).map_err(fail)?;
     let pools = match &cfg.ipam {
         Some(ipam) => choose_pools(&ipam.ippools, ipam_ann.pools()),
         None => Vec::new(),
@@ -364,13 +422,34 @@ fn plan_network(
     let layouts = known_pools(network, subject, &pools, pool)?;
     let refs: Vec<&PoolLayout> = layouts.iter().collect();
     let vlan = network_vlan(subject, cfg.vlan_override(), &refs).map_err(fail)?;
+    let datapath = match cfg.network_type {
+        NetworkType::Vlan => Datapath::Vlan {
+            bridge: choose_bridge(subject, cfg.bridge.as_deref(), bridges).map_err(fail)?,
+            vlan,
+        },
+        NetworkType::Sriov => {
+            if let Some(q) = cfg.vf.qos.filter(|q| *q != 0 && vlan == 0) {
+                return Err(fail(subject.invalid(
+                    "spec.config.vlanQoS",
+                    q,
+                    "a priority needs a VLAN tag to carry it, and the network is untagged: set \
+                     spec.config.vlan or its pools' subnetInfo.vlan",
+                )));
+            }
+            Datapath::Sriov {
+                device: vf_source(subject, cfg, vf_from).map_err(fail)?,
+                vlan,
+                vf: cfg.vf,
+            }
+        }
+    };
     let requested = requested_ips(&el.ips, &ipam_ann.pod_ips, &refs);
     let requested_nets = el.ips.iter().filter_map(RequestedIp::net).collect();
     Ok((
         NetworkPlan {
             network: network.to_string(),
             ifname: el.ifname.clone(),
-            datapath: Datapath::Vlan { bridge, vlan },
+            datapath,
             mtu: cfg.mtu,
             mac: el.mac,
             pools,
@@ -381,6 +460,40 @@ fn plan_network(
         },
         layouts,
     ))
+}
+
+/// The VF source of an `sriov` network: the resource named by the NAD's
+/// annotation (native), or the `deviceID` Multus passed.
+fn vf_source(
+    subject: &Subject,
+    cfg: &SpurNetworkConfig,
+    from: VfFrom<'_>,
+) -> Result<VfSource, Invalid> {
+    match from {
+        VfFrom::Resource(name) => {
+            check_resource_name(cfg, name, subject)?;
+            Ok(VfSource::Resource(name.unwrap_or_default().to_string()))
+        }
+        VfFrom::DeviceId => {
+            let Some(id) = cfg.runtime.device_id.as_deref() else {
+                return Err(subject.error(
+                    Kind::Missing,
+                    "spec.config.deviceID",
+                    None,
+                    "is required for networkType \"sriov\" under Multus: Multus passes the \
+                     VF the device plugin assigned the Pod (check the NAD's resourceName \
+                     annotation and the Pod's resource request)",
+                ));
+            };
+            id.parse::<PciAddress>().map(VfSource::Device).map_err(|e| {
+                subject.invalid(
+                    "spec.config.deviceID",
+                    format!("{id:?}"),
+                    format!("must be a VF's PCI address: {}", e.reason),
+                )
+            })
+        }
+    }
 }
 
 fn known_pools(
@@ -655,7 +768,20 @@ mod tests {
             "sriov",
             r#"{"cniVersion":"1.0.0","type":"spur","networkType":"sriov","vlan":5}"#,
         );
+        put(
+            "default",
+            "vf-a",
+            r#"{"cniVersion":"1.0.0","type":"spur","networkType":"sriov","vlanQoS":2,"spoofchk":"off","ipam":{"type":"spur","ippools":["v100-4"]}}"#,
+        );
         m
+    }
+
+    /// The NADs with their resource-name annotations.
+    fn resource_names() -> BTreeMap<(String, String), String> {
+        BTreeMap::from([(
+            ("default".to_string(), "vf-a".to_string()),
+            "intel.com/sriov_a".to_string(),
+        )])
     }
 
     fn plan(annotation: &str, bridges: &[&str]) -> Result<Vec<NetworkPlan>, AttachError> {
@@ -675,11 +801,18 @@ mod tests {
             namespace_annotations: None,
         };
         let nads = nads();
+        let resources = resource_names();
         let pools = pools();
         let bridges: Vec<String> = bridges.iter().map(|s| s.to_string()).collect();
         plan_native(
             &pod,
-            &|ns, n| nads.get(&(ns.to_string(), n.to_string())).cloned(),
+            &|ns, n| {
+                let key = (ns.to_string(), n.to_string());
+                nads.get(&key).map(|c| Nad {
+                    config: c.clone(),
+                    resource_name: resources.get(&key).cloned(),
+                })
+            },
             &|n| pools.iter().find(|p| p.name == n).cloned(),
             &bridges,
         )
@@ -702,7 +835,7 @@ mod tests {
                     p.ifname.as_str(),
                     p.vlan(),
                     p.mtu,
-                    p.bridge(),
+                    p.bridge().unwrap_or_default(),
                 )
             })
             .collect();
@@ -728,7 +861,11 @@ mod tests {
                 "IPPool nope does not exist",
             ),
             ("mv", "network default/mv: ", "not a Spur network"),
-            ("sriov", "network default/sriov: ", "vlan networks only"),
+            (
+                "sriov",
+                "network default/sriov: ",
+                "is required for networkType \"sriov\"",
+            ),
         ];
         let mut all = Vec::new();
         for (nad, prefix, needle) in cases {
@@ -740,6 +877,116 @@ mod tests {
         all.push(plan("vlan100", &[]).unwrap_err().to_string());
         all.push(plan("vlan100", &["a", "b"]).unwrap_err().to_string());
         insta::assert_snapshot!("attach_errors", all.join("\n"));
+    }
+
+    #[test]
+    fn sriov_networks_plan_a_vf_of_their_resource() {
+        let p = plan("vlan100, vf-a@data, vf-a", &["br-sec"]).unwrap();
+        let got: Vec<(&str, &Datapath, Option<&str>)> = p
+            .iter()
+            .map(|p| (p.ifname.as_str(), &p.datapath, p.bridge()))
+            .collect();
+        let vf = Datapath::Sriov {
+            device: VfSource::Resource("intel.com/sriov_a".into()),
+            // The pool's subnetInfo.vlan applies as to a vlan network.
+            vlan: 100,
+            vf: VfSettings {
+                qos: Some(2),
+                spoofchk: Some(false),
+                trust: None,
+            },
+        };
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "eth1",
+                    &Datapath::Vlan {
+                        bridge: "br-sec".into(),
+                        vlan: 100
+                    },
+                    Some("br-sec")
+                ),
+                ("data", &vf, None),
+                ("eth2", &vf, None),
+            ]
+        );
+        assert_eq!(p[1].pools, ["v100-4"]);
+        // A node without bridges still takes SR-IOV networks.
+        assert_eq!(plan("vf-a", &[]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn multus_passes_the_vf_as_device_id() {
+        let ann = BTreeMap::new();
+        let pod = PodView {
+            namespace: "default",
+            name: "web",
+            annotations: &ann,
+            namespace_annotations: None,
+        };
+        let pools = pools();
+        let single = |extra: &str| {
+            let text = format!(
+                r#"{{"cniVersion":"1.0.0","type":"spur","networkType":"sriov","vlan":7{extra}}}"#
+            );
+            let cfg = crate::nad::parse_spur_network(
+                &text,
+                &Subject::named("NetworkAttachmentDefinition default/vf"),
+            )
+            .unwrap();
+            plan_single(
+                &pod,
+                "default/vf",
+                &cfg,
+                &Element {
+                    ifname: "net1".into(),
+                    ..Element::default()
+                },
+                &|n| pools.iter().find(|p| p.name == n).cloned(),
+                &[],
+            )
+        };
+        let e = plan_single(
+            &pod,
+            "default/vf",
+            &crate::nad::parse_spur_network(
+                r#"{"cniVersion":"1.0.0","type":"spur","networkType":"sriov","vlanQoS":3,"deviceID":"0000:3b:02.1"}"#,
+                &Subject::named("NetworkAttachmentDefinition default/vf"),
+            )
+            .unwrap(),
+            &Element::default(),
+            &|n| pools.iter().find(|p| p.name == n).cloned(),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "network default/vf: NetworkAttachmentDefinition default/vf: spec.config.vlanQoS = 3: \
+             a priority needs a VLAN tag to carry it, and the network is untagged: set \
+             spec.config.vlan or its pools' subnetInfo.vlan"
+        );
+        let p = single(r#","deviceID":"0000:3b:02.1""#).unwrap();
+        assert_eq!(
+            p.datapath,
+            Datapath::Sriov {
+                device: VfSource::Device("0000:3b:02.1".parse().unwrap()),
+                vlan: 7,
+                vf: VfSettings::default(),
+            }
+        );
+        assert_eq!(
+            single("").unwrap_err().to_string(),
+            "network default/vf: NetworkAttachmentDefinition default/vf: spec.config.deviceID: \
+             is required for networkType \"sriov\" under Multus: Multus passes the VF the \
+             device plugin assigned the Pod (check the NAD's resourceName annotation and the \
+             Pod's resource request)"
+        );
+        assert_eq!(
+            single(r#","deviceID":"vf7""#).unwrap_err().to_string(),
+            "network default/vf: NetworkAttachmentDefinition default/vf: spec.config.deviceID = \
+             \"vf7\": must be a VF's PCI address: no '.' before the function"
+        );
     }
 
     #[test]

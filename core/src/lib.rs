@@ -5,7 +5,8 @@
 //! selection and network-status annotations, the IPPool custom resource,
 //! `spur-agent.conf` and `spur-controller.conf`), their validation with
 //! errors that name the object, key and value, and the math behind
-//! addresses (allocatable sets of pools, NodeIPAM CIDR carving), and the
+//! addresses (allocatable sets of pools, NodeIPAM CIDR carving), the SR-IOV
+//! decisions (which VF a Pod interface gets, what is set on it), and the
 //! retry backoff every component draws its jitter from a seeded RNG with.
 //!
 //! What does not: any I/O, async runtime, Kubernetes client, netlink or
@@ -29,6 +30,7 @@ pub mod names;
 pub mod nodeipam;
 pub mod pool;
 pub mod selection;
+pub mod sriov;
 pub mod status;
 
 pub use error::{Invalid, Kind, Subject};

@@ -49,7 +49,7 @@ pub const MAX_VLAN: u16 = 4094;
 const ROOT: &str = "spec.config";
 
 /// Keys a user writes in a Spur network config.
-const NETWORK_KEYS: [&str; 8] = [
+const NETWORK_KEYS: [&str; 11] = [
     "cniVersion",
     "name",
     "type",
@@ -58,6 +58,9 @@ const NETWORK_KEYS: [&str; 8] = [
     "vlan",
     "bridge",
     "ipam",
+    "vlanQoS",
+    "spoofchk",
+    "trust",
 ];
 /// Keys CNI runtimes and Multus inject into a plugin's config.
 const RUNTIME_KEYS: [&str; 8] = [
@@ -149,9 +152,35 @@ pub struct SpurNetworkConfig {
     pub bridge: Option<String>,
     /// `ipam`: optional; without it the interface gets no addresses.
     pub ipam: Option<SpurIpamConfig>,
+    /// `vlanQoS`, `spoofchk`, `trust`: what an `sriov` network sets on its
+    /// VF through the PF (never set on `vlan` networks).
+    pub vf: VfSettings,
     /// The keys runtimes and Multus inject (`capabilities`, `runtimeConfig`,
     /// `args`, `prevResult`, `deviceID`, `pciBusID`, `dns`, `logLevel`).
     pub runtime: RuntimeKeys,
+}
+
+/// What an `sriov` network sets on each VF through its PF, beside the VLAN
+/// and the MAC. The key names and their `"on"`/`"off"` values are those of
+/// the SR-IOV CNI plugin, which users of SR-IOV networks know.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VfSettings {
+    /// `vlanQoS`: the 802.1p priority (0-7) of the VF's VLAN tag; needs a
+    /// non-zero `vlan`. `None`: not written (0).
+    pub qos: Option<u8>,
+    /// `spoofchk`: source MAC anti-spoofing on the VF (`None`: left as
+    /// the PF's driver has it).
+    pub spoofchk: Option<bool>,
+    /// `trust`: the VF may change its MAC and enter promiscuous or
+    /// all-multicast mode (`None`: left as the driver has it).
+    pub trust: Option<bool>,
+}
+
+impl VfSettings {
+    /// True when nothing is asked for.
+    pub fn is_empty(&self) -> bool {
+        *self == VfSettings::default()
+    }
 }
 
 impl SpurNetworkConfig {
@@ -185,6 +214,16 @@ impl SpurNetworkConfig {
         }
         if let Some(ipam) = &self.ipam {
             m.insert("ipam".into(), ipam.to_value());
+        }
+        if let Some(qos) = self.vf.qos {
+            m.insert("vlanQoS".into(), qos.into());
+        }
+        let on_off = |b: bool| if b { "on" } else { "off" };
+        if let Some(b) = self.vf.spoofchk {
+            m.insert("spoofchk".into(), on_off(b).into());
+        }
+        if let Some(b) = self.vf.trust {
+            m.insert("trust".into(), on_off(b).into());
         }
         self.runtime.render_into(&mut m);
         Value::Object(m)
@@ -857,7 +896,8 @@ fn parse_network(
         obj,
         &known,
         "is not a key of Spur network configs (they take cniVersion, name, type, networkType, \
-         mtu, vlan, bridge and ipam, plus the keys CNI runtimes add)",
+         mtu, vlan, bridge, ipam, and for sriov networks vlanQoS, spoofchk and trust, plus the \
+         keys CNI runtimes add)",
     )?;
 
     let cni_version = cni_version(view, p, s)?;
@@ -961,6 +1001,7 @@ fn parse_network(
         }
     };
 
+    let vf = parse_vf_settings(s, path, obj, network_type)?;
     let runtime = parse_runtime(s, path, obj)?;
 
     Ok(SpurNetworkConfig {
@@ -971,8 +1012,55 @@ fn parse_network(
         vlan,
         bridge,
         ipam,
+        vf,
         runtime,
     })
+}
+
+/// `vlanQoS`, `spoofchk` and `trust`: only on `sriov` networks; `vlanQoS`
+/// 0-7 (whether a VLAN carries it is known once the pools' VLAN is: see
+/// `spur_core::attach`), the others `"on"` or `"off"`.
+fn parse_vf_settings(
+    s: &Subject,
+    path: &str,
+    obj: &Map<String, Value>,
+    network_type: NetworkType,
+) -> Result<VfSettings, Invalid> {
+    let mut out = VfSettings::default();
+    for k in ["vlanQoS", "spoofchk", "trust"] {
+        if let (Some(v), NetworkType::Vlan) = (present(obj, k), network_type) {
+            return Err(s.invalid(
+                format!("{path}.{k}"),
+                show(v),
+                format!(
+                    "is set on a VF, and only sriov networks have VFs ({path}.networkType is \
+                     \"vlan\"); remove {k}"
+                ),
+            ));
+        }
+    }
+    if let Some(v) = present(obj, "vlanQoS") {
+        let key = format!("{path}.vlanQoS");
+        let qos = u8::try_from(integer(s, &key, v)?)
+            .ok()
+            .filter(|q| *q <= 7)
+            .ok_or_else(|| s.invalid(&key, show(v), "the 802.1p priority must be 0-7"))?;
+        out.qos = Some(qos);
+    }
+    let on_off = |k: &str| -> Result<Option<bool>, Invalid> {
+        let Some(v) = present(obj, k) else {
+            return Ok(None);
+        };
+        let key = format!("{path}.{k}");
+        match string(s, &key, v)? {
+            "on" => Ok(Some(true)),
+            "off" => Ok(Some(false)),
+            _ => Err(s.invalid(key, show(v), "must be \"on\" or \"off\"")),
+        }
+    };
+    out.spoofchk = on_off("spoofchk")?;
+    out.trust = on_off("trust")?;
+    Ok(out)
 }
 
 fn parse_runtime(
@@ -1453,6 +1541,52 @@ mod tests {
 
     fn with_ipam(ipam: Value) -> Value {
         net(json!({ "ipam": ipam }))
+    }
+
+    #[test]
+    fn vf_settings_belong_to_sriov_networks() {
+        let sriov = |extra: Value| {
+            let mut v = net(extra);
+            v["networkType"] = json!("sriov");
+            v
+        };
+        let c = parse_v(sriov(
+            json!({"vlan": 100, "vlanQoS": 5, "spoofchk": "off", "trust": "on"}),
+        ))
+        .unwrap();
+        assert_eq!(
+            c.vf,
+            VfSettings {
+                qos: Some(5),
+                spoofchk: Some(false),
+                trust: Some(true)
+            }
+        );
+        round_trips(&c);
+        assert!(parse_v(sriov(json!({}))).unwrap().vf.is_empty());
+        assert_eq!(
+            parse_v(sriov(json!({"vlanQoS": 0}))).unwrap().vf.qos,
+            Some(0)
+        );
+        let cases = [
+            (
+                net(json!({"spoofchk": "on"})),
+                "spec.config.spoofchk = \"on\": is set on a VF, and only sriov networks have VFs \
+                 (spec.config.networkType is \"vlan\"); remove spoofchk",
+            ),
+            (
+                sriov(json!({"vlan": 7, "vlanQoS": 8})),
+                "spec.config.vlanQoS = 8: the 802.1p priority must be 0-7",
+            ),
+            (
+                sriov(json!({"trust": "yes"})),
+                "spec.config.trust = \"yes\": must be \"on\" or \"off\"",
+            ),
+        ];
+        for (v, want) in cases {
+            let e = err(v).to_string();
+            assert!(e.ends_with(want), "{e}\nwanted: {want}");
+        }
     }
 
     fn round_trips(c: &SpurNetworkConfig) {
@@ -2717,10 +2851,16 @@ mod tests {
             proptest::option::of(0..=MAX_VLAN),
             proptest::option::of("[a-z][a-z0-9-]{0,14}"),
             proptest::option::of(arb_ipam()),
+            (
+                proptest::option::of(0u8..=7),
+                proptest::option::of(any::<bool>()),
+                proptest::option::of(any::<bool>()),
+            ),
             arb_runtime(),
         )
             .prop_map(
-                |(cni_version, name, network_type, mtu, vlan, bridge, ipam, runtime)| {
+                |(cni_version, name, network_type, mtu, vlan, bridge, ipam, vf, runtime)| {
+                    let sriov = network_type == NetworkType::Sriov;
                     SpurNetworkConfig {
                         cni_version,
                         name,
@@ -2729,6 +2869,11 @@ mod tests {
                         vlan,
                         bridge: bridge.filter(|_| network_type == NetworkType::Vlan),
                         ipam,
+                        vf: VfSettings {
+                            qos: vf.0.filter(|_| sriov),
+                            spoofchk: vf.1.filter(|_| sriov),
+                            trust: vf.2.filter(|_| sriov),
+                        },
                         runtime,
                     }
                 },

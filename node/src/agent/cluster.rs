@@ -26,8 +26,9 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
+use spur_core::attach::Nad;
 
 use crate::watch_backoff::WatchBackoff;
 
@@ -89,8 +90,9 @@ pub trait Cluster: Send + Sync {
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<PodInfo>, ClusterError>>;
 
-    /// A NAD's `spec.config` (None: no such NAD).
-    fn nad(&self, namespace: &str, name: &str) -> Option<String>;
+    /// A NAD's `spec.config` and resource-name annotation (None: no such
+    /// NAD).
+    fn nad(&self, namespace: &str, name: &str) -> Option<Nad>;
 
     /// A Namespace's annotations (None: not known).
     fn namespace_annotations(&self, name: &str) -> Option<BTreeMap<String, String>>;
@@ -287,17 +289,22 @@ impl Cluster for KubeCluster {
         })
     }
 
-    fn nad(&self, namespace: &str, name: &str) -> Option<String> {
+    fn nad(&self, namespace: &str, name: &str) -> Option<Nad> {
         let r = ObjectRef::new_with(name, nad_resource()).within(namespace);
         let obj = self.nads.get(&r)?;
-        Some(
-            obj.data
+        Some(Nad {
+            config: obj
+                .data
                 .get("spec")
                 .and_then(|s| s.get("config"))
                 .and_then(|c| c.as_str())
                 .unwrap_or_default()
                 .to_string(),
-        )
+            resource_name: obj
+                .annotations()
+                .get(spur_core::nad::RESOURCE_NAME_ANNOTATION)
+                .cloned(),
+        })
     }
 
     fn namespace_annotations(&self, name: &str) -> Option<BTreeMap<String, String>> {

@@ -320,6 +320,16 @@ impl Agent {
         plan: &NetworkPlan,
         undo: &mut Vec<Undo>,
     ) -> Result<InterfaceConfig, CniError> {
+        let Some(bridge) = plan.bridge() else {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "network {}: spur-agent on node {} does not attach SR-IOV networks yet",
+                    plan.network,
+                    self.node()
+                ),
+            ));
+        };
         // A repeated ADD of an attachment that exists must not touch it
         // (undoing would release the live interface's address): refuse it
         // before doing anything.
@@ -387,19 +397,18 @@ impl Agent {
         // is not Spur's: removing it would remove someone else's port.
         let added = self
             .switch
-            .add_access_port(plan.bridge(), &host, plan.vlan(), ids)
+            .add_access_port(bridge, &host, plan.vlan(), ids)
             .await;
         if !matches!(added, Err(SwitchError::PortConflict { .. })) {
             undo.push(Undo::Port {
-                bridge: plan.bridge().to_string(),
+                bridge: bridge.to_string(),
                 port: host.clone(),
             });
         }
         added.map_err(|e| {
             CniError::io(format!(
-                "network {}: adding port {host} to bridge {}: {e}",
+                "network {}: adding port {host} to bridge {bridge}: {e}",
                 plan.network,
-                plan.bridge()
             ))
         })?;
         self.links.create_veth(&spec).await.map_err(|e| {
@@ -568,7 +577,9 @@ impl Agent {
                     return Err(CniError::io(errors.join("; ")));
                 }
                 for plan in &plans {
-                    check_port(&ports, &c, plan.bridge(), &plan.ifname, plan.vlan())?;
+                    if let Some(bridge) = plan.bridge() {
+                        check_port(&ports, &c, bridge, &plan.ifname, plan.vlan())?;
+                    }
                 }
                 plans.into_iter().map(|p| p.ifname).collect()
             }

@@ -1,0 +1,585 @@
+//! SR-IOV decisions, all pure: which virtual function each SR-IOV
+//! interface of a Pod gets, and what is set on it.
+//!
+//! - [`PciAddress`]: a PCI address `DDDD:BB:DD.F` as device plugins, sysfs
+//!   and the network-status `device-info` write it.
+//! - [`assign_devices`]: the kubelet hands a Pod a set of device IDs per
+//!   resource; a Pod may have several interfaces of one resource. Each
+//!   interface gets one device, in a stable order: the interfaces of a
+//!   resource in the order of the Pod's selection elements, the devices in
+//!   PCI address order, the k-th interface the k-th device. The answer
+//!   depends only on the sets, not on the order the kubelet lists them in,
+//!   so a restarted agent and a retried ADD reach the same pairing.
+//! - [`vf_plan`]: what the agent sets on the VF: through its PF on a
+//!   bare-metal node (VLAN, 802.1p priority, MAC, spoof check, trust), or,
+//!   on a VM node where the VF is visible without its PF, only what the VF
+//!   itself can take (its MAC); anything else is refused naming the node
+//!   and the VF rather than silently not applied.
+//!
+//! What does not live here: reading sysfs, asking the kubelet's
+//! PodResources API, netlink (the agent, `spur-node`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use crate::nad::VfSettings;
+use crate::names::Mac;
+
+/// A PCI address `domain:bus:device.function` (`0000:3b:02.1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PciAddress {
+    /// Domain (16 bits; Linux writes four hex digits).
+    pub domain: u16,
+    /// Bus.
+    pub bus: u8,
+    /// Device (0-31).
+    pub device: u8,
+    /// Function (0-7).
+    pub function: u8,
+}
+
+/// A text that is not a PCI address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a PCI address (like 0000:3b:02.1): {reason}")]
+pub struct BadPciAddress {
+    /// The text.
+    pub value: String,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+impl FromStr for PciAddress {
+    type Err = BadPciAddress;
+
+    /// Parses `DDDD:BB:DD.F` (hex; the domain may be left out, as `lspci`
+    /// does, and is then 0000).
+    fn from_str(s: &str) -> Result<PciAddress, BadPciAddress> {
+        let bad = |reason| BadPciAddress {
+            value: s.to_string(),
+            reason,
+        };
+        let (rest, function) = s
+            .rsplit_once('.')
+            .ok_or_else(|| bad("no '.' before the function"))?;
+        let parts: Vec<&str> = rest.split(':').collect();
+        let (domain, bus, device) = match parts.as_slice() {
+            [d, b, v] => (*d, *b, *v),
+            [b, v] => ("0", *b, *v),
+            _ => return Err(bad("expected domain:bus:device.function")),
+        };
+        let hex = |t: &str, max_len: usize, what| {
+            if t.is_empty() || t.len() > max_len || !t.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(bad(what));
+            }
+            u32::from_str_radix(t, 16).map_err(|_| bad(what))
+        };
+        let domain = hex(domain, 4, "the domain must be 1-4 hex digits")?;
+        let bus = hex(bus, 2, "the bus must be 1-2 hex digits")?;
+        let device = hex(device, 2, "the device must be 1-2 hex digits")?;
+        let function = hex(function, 1, "the function must be one digit 0-7")?;
+        if device > 0x1f {
+            return Err(bad("the device must be 00-1f"));
+        }
+        if function > 7 {
+            return Err(bad("the function must be 0-7"));
+        }
+        Ok(PciAddress {
+            domain: domain as u16,
+            bus: bus as u8,
+            device: device as u8,
+            function: function as u8,
+        })
+    }
+}
+
+impl fmt::Display for PciAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.domain, self.bus, self.device, self.function
+        )
+    }
+}
+
+/// One SR-IOV interface a Pod asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// The interface name in the Pod.
+    pub ifname: String,
+    /// The network, `namespace/name` (for messages).
+    pub network: String,
+    /// The device-plugin resource its VF comes from.
+    pub resource: String,
+}
+
+/// Why the Pod's devices do not serve its SR-IOV interfaces.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssignError {
+    /// Fewer devices of a resource than interfaces asking for it.
+    #[error(
+        "Pod {pod}: {wanted} interface(s) ({networks}) take VFs of resource {resource}, but the \
+         kubelet assigned the Pod {got} device(s) of it{listed}: request {resource}: {wanted} \
+         in the Pod's container resources"
+    )]
+    TooFew {
+        /// `namespace/name`.
+        pod: String,
+        /// The resource.
+        resource: String,
+        /// How many interfaces ask for it.
+        wanted: usize,
+        /// How many devices the Pod has.
+        got: usize,
+        /// The networks asking, comma-separated.
+        networks: String,
+        /// ` (a, b)` or empty.
+        listed: String,
+    },
+    /// A device ID of an SR-IOV resource that is not a PCI address.
+    #[error("Pod {pod}: resource {resource}: device ID {id:?} is not a VF's PCI address: {why}")]
+    NotPci {
+        /// `namespace/name`.
+        pod: String,
+        /// The resource.
+        resource: String,
+        /// The device ID.
+        id: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Pairs each wanted interface with a device of its resource (see the
+/// module doc for the order). `devices` maps resource names to the device
+/// IDs the kubelet assigned the Pod; resources nothing asks for are
+/// ignored, as are surplus devices.
+pub fn assign_devices(
+    pod: &str,
+    wanted: &[Wanted],
+    devices: &BTreeMap<String, Vec<String>>,
+) -> Result<BTreeMap<String, PciAddress>, AssignError> {
+    let mut by_resource: BTreeMap<&str, Vec<&Wanted>> = BTreeMap::new();
+    for w in wanted {
+        by_resource.entry(&w.resource).or_default().push(w);
+    }
+    let mut out = BTreeMap::new();
+    for (resource, ws) in by_resource {
+        let ids = devices.get(resource).map(Vec::as_slice).unwrap_or_default();
+        let mut pcis = BTreeSet::new();
+        for id in ids {
+            let pci = id.parse::<PciAddress>().map_err(|e| AssignError::NotPci {
+                pod: pod.to_string(),
+                resource: resource.to_string(),
+                id: id.clone(),
+                why: e.reason.to_string(),
+            })?;
+            pcis.insert(pci);
+        }
+        if pcis.len() < ws.len() {
+            let shown: Vec<String> = pcis.iter().map(ToString::to_string).collect();
+            return Err(AssignError::TooFew {
+                pod: pod.to_string(),
+                resource: resource.to_string(),
+                wanted: ws.len(),
+                got: pcis.len(),
+                networks: ws
+                    .iter()
+                    .map(|w| format!("{} as {}", w.network, w.ifname))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                listed: if shown.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", shown.join(", "))
+                },
+            });
+        }
+        for (w, pci) in ws.into_iter().zip(pcis) {
+            out.insert(w.ifname.clone(), pci);
+        }
+    }
+    Ok(out)
+}
+
+/// Where the VF sits, as the node's sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfLocation {
+    /// The VF's PCI address.
+    pub pci: PciAddress,
+    /// Its PF's netdev and the VF's index on it; `None` on a VM node,
+    /// which sees the VF without its PF.
+    pub pf: Option<(String, u16)>,
+}
+
+/// What is set on the VF through its PF (bare metal only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PfSettings {
+    /// The PF's netdev.
+    pub pf: String,
+    /// The VF's index on the PF.
+    pub index: u16,
+    /// VLAN (0: untagged) and 802.1p priority.
+    pub vlan: u16,
+    /// Priority of the VLAN tag.
+    pub qos: u8,
+    /// MAC of the VF (requested, or the stable MAC of the interface).
+    pub mac: Mac,
+    /// Spoof check (None: untouched).
+    pub spoofchk: Option<bool>,
+    /// Trust (None: untouched).
+    pub trust: Option<bool>,
+}
+
+/// How the agent configures one VF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfPlan {
+    /// The VF.
+    pub pci: PciAddress,
+    /// Through the PF (bare metal), or `None` on a VM node.
+    pub through_pf: Option<PfSettings>,
+    /// The MAC to set on the VF's netdev itself: on a VM node the
+    /// requested one (it may be refused by the hypervisor; then the ADD
+    /// fails naming the VF); on bare metal the same MAC as through the PF,
+    /// so the netdev matches at once.
+    pub netdev_mac: Option<Mac>,
+}
+
+/// What a VM node cannot do to a VF without its PF.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "network {network}: node {node}: VF {pci} is seen without its PF (a VM node), so {what} \
+     cannot be applied to it; use a network without it for VM nodes"
+)]
+pub struct VmRefusal {
+    /// The network.
+    pub network: String,
+    /// The node.
+    pub node: String,
+    /// The VF.
+    pub pci: PciAddress,
+    /// What was asked, e.g. `VLAN 100`.
+    pub what: String,
+}
+
+/// Plans the VF's settings. `requested_mac` is the selection element's
+/// `mac`; `stable_mac` the MAC the interface gets otherwise.
+pub fn vf_plan(
+    network: &str,
+    node: &str,
+    at: &VfLocation,
+    vlan: u16,
+    vf: &VfSettings,
+    requested_mac: Option<Mac>,
+    stable_mac: Mac,
+) -> Result<VfPlan, VmRefusal> {
+    match &at.pf {
+        Some((pf, index)) => {
+            let mac = requested_mac.unwrap_or(stable_mac);
+            Ok(VfPlan {
+                pci: at.pci,
+                through_pf: Some(PfSettings {
+                    pf: pf.clone(),
+                    index: *index,
+                    vlan,
+                    qos: vf.qos.unwrap_or(0),
+                    mac,
+                    spoofchk: vf.spoofchk,
+                    trust: vf.trust,
+                }),
+                netdev_mac: Some(mac),
+            })
+        }
+        None => {
+            let refuse = |what: String| VmRefusal {
+                network: network.to_string(),
+                node: node.to_string(),
+                pci: at.pci,
+                what,
+            };
+            if vlan != 0 {
+                return Err(refuse(format!("VLAN {vlan}")));
+            }
+            if let Some(q) = vf.qos.filter(|q| *q != 0) {
+                return Err(refuse(format!("vlanQoS {q}")));
+            }
+            if let Some(b) = vf.spoofchk {
+                return Err(refuse(format!("spoofchk {}", on_off(b))));
+            }
+            if let Some(b) = vf.trust {
+                return Err(refuse(format!("trust {}", on_off(b))));
+            }
+            Ok(VfPlan {
+                pci: at.pci,
+                through_pf: None,
+                netdev_mac: requested_mac,
+            })
+        }
+    }
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pci(s: &str) -> PciAddress {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn pci_addresses_parse_and_print_as_linux_does() {
+        assert_eq!(
+            pci("0000:3b:02.1"),
+            PciAddress {
+                domain: 0,
+                bus: 0x3b,
+                device: 2,
+                function: 1
+            }
+        );
+        assert_eq!(pci("3b:02.1").to_string(), "0000:3b:02.1");
+        assert_eq!(pci("0001:AF:1f.7").to_string(), "0001:af:1f.7");
+        for (bad, why) in [
+            ("", "no '.' before the function"),
+            ("0000:3b:02", "no '.' before the function"),
+            ("0000:3b:20.1", "the device must be 00-1f"),
+            ("0000:3b:02.8", "the function must be 0-7"),
+            ("00000:3b:02.1", "the domain must be 1-4 hex digits"),
+            ("0000:3g:02.1", "the bus must be 1-2 hex digits"),
+            ("a:b:c:d.1", "expected domain:bus:device.function"),
+            ("0000:3b:+2.1", "the device must be 1-2 hex digits"),
+        ] {
+            let e = bad.parse::<PciAddress>().unwrap_err();
+            assert_eq!(e.reason, why, "{bad}");
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn pci_addresses_round_trip(d in any::<u16>(), b in any::<u8>(), v in 0u8..32, f in 0u8..8) {
+            let a = PciAddress { domain: d, bus: b, device: v, function: f };
+            prop_assert_eq!(a.to_string().parse::<PciAddress>(), Ok(a));
+        }
+
+        #[test]
+        fn pci_parsing_never_panics(s in ".{0,20}") {
+            let _ = s.parse::<PciAddress>();
+        }
+
+        #[test]
+        fn assignment_ignores_the_kubelets_order(
+            ids in proptest::collection::btree_set((0u8..32, 0u8..8), 1..6),
+            n in 1usize..6,
+            seed in any::<u64>(),
+        ) {
+            let ids: Vec<String> = ids
+                .into_iter()
+                .map(|(d, f)| PciAddress { domain: 0, bus: 0x3b, device: d, function: f }.to_string())
+                .collect();
+            let wanted: Vec<Wanted> = (1..=n)
+                .map(|i| Wanted {
+                    ifname: format!("net{i}"),
+                    network: format!("default/n{i}"),
+                    resource: "intel.com/a".into(),
+                })
+                .collect();
+            let mut shuffled = ids.clone();
+            // A deterministic shuffle from the seed.
+            let len = shuffled.len();
+            for i in 0..len {
+                let j = (seed.rotate_left(i as u32) as usize) % len;
+                shuffled.swap(i, j);
+            }
+            let a = assign_devices("default/p", &wanted, &BTreeMap::from([("intel.com/a".to_string(), ids.clone())]));
+            let b = assign_devices("default/p", &wanted, &BTreeMap::from([("intel.com/a".to_string(), shuffled)]));
+            prop_assert_eq!(&a, &b);
+            match a {
+                Ok(m) => {
+                    prop_assert!(n <= ids.len());
+                    let got: BTreeSet<PciAddress> = m.values().copied().collect();
+                    prop_assert_eq!(got.len(), n, "no device twice");
+                }
+                Err(e) => {
+                    prop_assert!(n > ids.len());
+                    let is_too_few = matches!(e, AssignError::TooFew { .. });
+                    prop_assert!(is_too_few);
+                }
+            }
+        }
+    }
+
+    fn want(ifname: &str, resource: &str) -> Wanted {
+        Wanted {
+            ifname: ifname.into(),
+            network: format!("default/{ifname}-net"),
+            resource: resource.into(),
+        }
+    }
+
+    #[test]
+    fn interfaces_take_devices_in_pci_order_per_resource() {
+        let devices = BTreeMap::from([
+            (
+                "intel.com/a".to_string(),
+                vec![
+                    "0000:3b:02.3".to_string(),
+                    "0000:3b:02.1".to_string(),
+                    "0000:3b:02.2".to_string(),
+                ],
+            ),
+            ("intel.com/b".to_string(), vec!["0000:af:00.4".to_string()]),
+            ("nvidia.com/gpu".to_string(), vec!["GPU-1".to_string()]),
+        ]);
+        let got = assign_devices(
+            "default/p",
+            &[
+                want("net1", "intel.com/a"),
+                want("net2", "intel.com/b"),
+                want("net3", "intel.com/a"),
+            ],
+            &devices,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            BTreeMap::from([
+                ("net1".to_string(), pci("0000:3b:02.1")),
+                ("net2".to_string(), pci("0000:af:00.4")),
+                ("net3".to_string(), pci("0000:3b:02.2")),
+            ])
+        );
+    }
+
+    #[test]
+    fn missing_or_foreign_devices_are_named() {
+        let e = assign_devices(
+            "default/p",
+            &[want("net1", "intel.com/a"), want("net2", "intel.com/a")],
+            &BTreeMap::from([("intel.com/a".to_string(), vec!["0000:3b:02.1".to_string()])]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Pod default/p: 2 interface(s) (default/net1-net as net1, default/net2-net as net2) \
+             take VFs of resource intel.com/a, but the kubelet assigned the Pod 1 device(s) of it \
+             (0000:3b:02.1): request intel.com/a: 2 in the Pod's container resources"
+        );
+        let none = assign_devices(
+            "default/p",
+            &[want("net1", "intel.com/a")],
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert!(none
+            .to_string()
+            .contains("assigned the Pod 0 device(s) of it: request"));
+        let e = assign_devices(
+            "default/p",
+            &[want("net1", "intel.com/a")],
+            &BTreeMap::from([("intel.com/a".to_string(), vec!["vf-7".to_string()])]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Pod default/p: resource intel.com/a: device ID \"vf-7\" is not a VF's PCI address: \
+             no '.' before the function"
+        );
+    }
+
+    fn mac(s: &str) -> Mac {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn bare_metal_vfs_are_set_through_the_pf() {
+        let at = VfLocation {
+            pci: pci("0000:3b:02.1"),
+            pf: Some(("ens1f0".into(), 1)),
+        };
+        let vf = VfSettings {
+            qos: Some(3),
+            spoofchk: Some(false),
+            trust: None,
+        };
+        let stable = mac("0a:58:0a:0a:00:05");
+        let p = vf_plan("default/a", "node-a", &at, 100, &vf, None, stable).unwrap();
+        assert_eq!(
+            p.through_pf,
+            Some(PfSettings {
+                pf: "ens1f0".into(),
+                index: 1,
+                vlan: 100,
+                qos: 3,
+                mac: stable,
+                spoofchk: Some(false),
+                trust: None,
+            })
+        );
+        assert_eq!(p.netdev_mac, Some(stable));
+        let asked = mac("02:00:00:00:00:01");
+        let p = vf_plan("default/a", "node-a", &at, 0, &vf, Some(asked), stable).unwrap();
+        assert_eq!(p.through_pf.map(|s| s.mac), Some(asked));
+    }
+
+    #[test]
+    fn vm_nodes_refuse_what_needs_the_pf() {
+        let at = VfLocation {
+            pci: pci("0000:00:05.0"),
+            pf: None,
+        };
+        let none = VfSettings::default();
+        let stable = mac("0a:58:0a:0a:00:05");
+        let p = vf_plan("default/a", "vm-1", &at, 0, &none, None, stable).unwrap();
+        assert_eq!(p.through_pf, None);
+        assert_eq!(
+            p.netdev_mac, None,
+            "the VF keeps the MAC the hypervisor gave it"
+        );
+        let asked = mac("02:00:00:00:00:01");
+        let p = vf_plan("default/a", "vm-1", &at, 0, &none, Some(asked), stable).unwrap();
+        assert_eq!(p.netdev_mac, Some(asked), "tried on the netdev itself");
+        let e = vf_plan("default/a", "vm-1", &at, 100, &none, None, stable).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "network default/a: node vm-1: VF 0000:00:05.0 is seen without its PF (a VM node), \
+             so VLAN 100 cannot be applied to it; use a network without it for VM nodes"
+        );
+        for (vf, what) in [
+            (
+                VfSettings {
+                    qos: Some(2),
+                    ..none
+                },
+                "vlanQoS 2",
+            ),
+            (
+                VfSettings {
+                    spoofchk: Some(true),
+                    ..none
+                },
+                "spoofchk on",
+            ),
+            (
+                VfSettings {
+                    trust: Some(false),
+                    ..none
+                },
+                "trust off",
+            ),
+        ] {
+            let e = vf_plan("default/a", "vm-1", &at, 0, &vf, None, stable).unwrap_err();
+            assert_eq!(e.what, what);
+        }
+    }
+}
