@@ -489,7 +489,7 @@ fn vf_source(
                 subject.invalid(
                     "spec.config.deviceID",
                     format!("{id:?}"),
-                    format!("must be a VF's PCI address: {}", e.reason),
+                    format!("must be a VF's PCI address: {}", e.problem),
                 )
             })
         }
@@ -985,7 +985,7 @@ mod tests {
         assert_eq!(
             single(r#","deviceID":"vf7""#).unwrap_err().to_string(),
             "network default/vf: NetworkAttachmentDefinition default/vf: spec.config.deviceID = \
-             \"vf7\": must be a VF's PCI address: no '.' before the function"
+             \"vf7\": must be a VF's PCI address: no ':'"
         );
     }
 

@@ -2,7 +2,8 @@
 //! interface of a Pod gets, and what is set on it.
 //!
 //! - [`PciAddress`]: a PCI address `DDDD:BB:DD.F` as device plugins, sysfs
-//!   and the network-status `device-info` write it.
+//!   and the network-status `device-info` write it (the domain may have up
+//!   to 8 digits, as on servers with VMD).
 //! - [`assign_devices`]: the kubelet hands a Pod a set of device IDs per
 //!   resource; a Pod may have several interfaces of one resource. Each
 //!   interface gets one device, in a stable order: the interfaces of a
@@ -26,71 +27,70 @@ use std::str::FromStr;
 use crate::nad::VfSettings;
 use crate::names::Mac;
 
-/// A PCI address `domain:bus:device.function` (`0000:3b:02.1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A PCI address, `domain:bus:device.function` in hex (`0000:3b:02.1`).
+///
+/// Parsing accepts upper- and lower-case hex digits and a domain of 4 to 8
+/// digits; [`Display`](fmt::Display) writes the kernel's form (lower case,
+/// a domain of at least 4 digits), which is how sysfs names devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PciAddress {
-    /// Domain (16 bits; Linux writes four hex digits).
-    pub domain: u16,
-    /// Bus.
-    pub bus: u8,
-    /// Device (0-31).
-    pub device: u8,
-    /// Function (0-7).
-    pub function: u8,
+    domain: u32,
+    bus: u8,
+    device: u8,
+    function: u8,
 }
 
-/// A text that is not a PCI address.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{value:?} is not a PCI address (like 0000:3b:02.1): {reason}")]
-pub struct BadPciAddress {
-    /// The text.
+/// Why a text is not a [`PciAddress`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "bad PCI address {value:?}: {problem} \
+     (expected domain:bus:device.function in hex, e.g. 0000:3b:02.1)"
+)]
+pub struct PciAddressError {
+    /// The text given.
     pub value: String,
-    /// What is wrong.
-    pub reason: &'static str,
+    /// What is wrong with it.
+    pub problem: &'static str,
 }
 
 impl FromStr for PciAddress {
-    type Err = BadPciAddress;
+    type Err = PciAddressError;
 
-    /// Parses `DDDD:BB:DD.F` (hex; the domain may be left out, as `lspci`
-    /// does, and is then 0000).
-    fn from_str(s: &str) -> Result<PciAddress, BadPciAddress> {
-        let bad = |reason| BadPciAddress {
-            value: s.to_string(),
-            reason,
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |problem| PciAddressError {
+            value: s.to_owned(),
+            problem,
         };
-        let (rest, function) = s
-            .rsplit_once('.')
-            .ok_or_else(|| bad("no '.' before the function"))?;
-        let parts: Vec<&str> = rest.split(':').collect();
-        let (domain, bus, device) = match parts.as_slice() {
-            [d, b, v] => (*d, *b, *v),
-            [b, v] => ("0", *b, *v),
-            _ => return Err(bad("expected domain:bus:device.function")),
-        };
-        let hex = |t: &str, max_len: usize, what| {
-            if t.is_empty() || t.len() > max_len || !t.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(bad(what));
-            }
-            u32::from_str_radix(t, 16).map_err(|_| bad(what))
-        };
-        let domain = hex(domain, 4, "the domain must be 1-4 hex digits")?;
-        let bus = hex(bus, 2, "the bus must be 1-2 hex digits")?;
-        let device = hex(device, 2, "the device must be 1-2 hex digits")?;
-        let function = hex(function, 1, "the function must be one digit 0-7")?;
-        if device > 0x1f {
-            return Err(bad("the device must be 00-1f"));
-        }
-        if function > 7 {
-            return Err(bad("the function must be 0-7"));
-        }
+        let (domain, rest) = s.split_once(':').ok_or_else(|| err("no ':'"))?;
+        let (bus, rest) = rest
+            .split_once(':')
+            .ok_or_else(|| err("no second ':' (the domain is required)"))?;
+        let (device, function) = rest
+            .split_once('.')
+            .ok_or_else(|| err("no '.' before the function"))?;
+        let domain = hex(domain, 4, 8).ok_or_else(|| err("domain must be 4 to 8 hex digits"))?;
+        let bus = hex(bus, 2, 2).ok_or_else(|| err("bus must be 2 hex digits"))?;
+        let device = hex(device, 2, 2)
+            .filter(|d| *d <= 0x1f)
+            .ok_or_else(|| err("device must be 2 hex digits, 00 to 1f"))?;
+        let function = hex(function, 1, 1)
+            .filter(|f| *f <= 7)
+            .ok_or_else(|| err("function must be one digit, 0 to 7"))?;
         Ok(PciAddress {
-            domain: domain as u16,
-            bus: bus as u8,
-            device: device as u8,
-            function: function as u8,
+            domain,
+            bus: u8::try_from(bus).map_err(|_| err("bus must be 2 hex digits"))?,
+            device: u8::try_from(device).map_err(|_| err("device out of range"))?,
+            function: u8::try_from(function).map_err(|_| err("function out of range"))?,
         })
     }
+}
+
+/// `s` as a hex number of `min..=max` digits (no sign, no prefix).
+fn hex(s: &str, min: usize, max: usize) -> Option<u32> {
+    if s.len() < min || s.len() > max || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(s, 16).ok()
 }
 
 impl fmt::Display for PciAddress {
@@ -173,7 +173,7 @@ pub fn assign_devices(
                 pod: pod.to_string(),
                 resource: resource.to_string(),
                 id: id.clone(),
-                why: e.reason.to_string(),
+                why: e.problem.to_string(),
             })?;
             pcis.insert(pci);
         }
@@ -337,44 +337,58 @@ mod tests {
     }
 
     #[test]
-    fn pci_addresses_parse_and_print_as_linux_does() {
-        assert_eq!(
-            pci("0000:3b:02.1"),
-            PciAddress {
-                domain: 0,
-                bus: 0x3b,
-                device: 2,
-                function: 1
-            }
-        );
-        assert_eq!(pci("3b:02.1").to_string(), "0000:3b:02.1");
-        assert_eq!(pci("0001:AF:1f.7").to_string(), "0001:af:1f.7");
-        for (bad, why) in [
-            ("", "no '.' before the function"),
-            ("0000:3b:02", "no '.' before the function"),
-            ("0000:3b:20.1", "the device must be 00-1f"),
-            ("0000:3b:02.8", "the function must be 0-7"),
-            ("00000:3b:02.1", "the domain must be 1-4 hex digits"),
-            ("0000:3g:02.1", "the bus must be 1-2 hex digits"),
-            ("a:b:c:d.1", "expected domain:bus:device.function"),
-            ("0000:3b:+2.1", "the device must be 1-2 hex digits"),
+    fn pci_address_parses_and_prints_the_kernel_form() {
+        assert_eq!(pci("0000:3B:02.1").to_string(), "0000:3b:02.1");
+        assert_eq!(pci("10000:e1:1f.7").to_string(), "10000:e1:1f.7");
+        assert!(pci("0000:3b:02.1") < pci("0000:3b:02.2"));
+        assert!(pci("0000:3b:1f.7") < pci("0000:af:00.0"));
+        for bad in [
+            "",
+            "3b:02.1",
+            "000:3b:02.1",
+            "0000:3b:20.1",
+            "0000:3b:02.8",
+            "0000:3b:2.1",
+            "0000:+b:02.1",
+            "0000:3b:02.1 ",
+            "0000:3b:02:1",
+            "123456789:3b:02.1",
         ] {
             let e = bad.parse::<PciAddress>().unwrap_err();
-            assert_eq!(e.reason, why, "{bad}");
+            assert_eq!(e.value, bad);
             assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
         }
     }
 
     proptest! {
         #[test]
-        fn pci_addresses_round_trip(d in any::<u16>(), b in any::<u8>(), v in 0u8..32, f in 0u8..8) {
-            let a = PciAddress { domain: d, bus: b, device: v, function: f };
-            prop_assert_eq!(a.to_string().parse::<PciAddress>(), Ok(a));
+        fn valid_pci_addresses_round_trip(
+            domain in 0u32..=0xffff_ffff,
+            bus in any::<u8>(),
+            device in 0u8..=0x1f,
+            function in 0u8..=7,
+            upper in any::<bool>(),
+        ) {
+            let text = format!("{domain:04x}:{bus:02x}:{device:02x}.{function:x}");
+            let input = if upper { text.to_uppercase() } else { text.clone() };
+            let p: PciAddress = input.parse().unwrap();
+            prop_assert_eq!(p.to_string(), text.clone());
+            prop_assert_eq!(text.parse::<PciAddress>().unwrap(), p);
         }
 
         #[test]
-        fn pci_parsing_never_panics(s in ".{0,20}") {
-            let _ = s.parse::<PciAddress>();
+        fn random_text_never_panics(s in "\\PC{0,20}") {
+            if let Err(e) = s.parse::<PciAddress>() {
+                prop_assert_eq!(&e.value, &s);
+            }
+        }
+
+        #[test]
+        fn near_misses_never_panic(s in "[0-9a-fA-F:.+ -]{0,16}") {
+            match s.parse::<PciAddress>() {
+                Ok(p) => prop_assert_eq!(p.to_string().parse::<PciAddress>().unwrap(), p),
+                Err(e) => prop_assert_eq!(e.value, s),
+            }
         }
 
         #[test]
@@ -385,7 +399,7 @@ mod tests {
         ) {
             let ids: Vec<String> = ids
                 .into_iter()
-                .map(|(d, f)| PciAddress { domain: 0, bus: 0x3b, device: d, function: f }.to_string())
+                .map(|(d, f)| format!("0000:3b:{d:02x}.{f:x}"))
                 .collect();
             let wanted: Vec<Wanted> = (1..=n)
                 .map(|i| Wanted {
@@ -493,7 +507,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "Pod default/p: resource intel.com/a: device ID \"vf-7\" is not a VF's PCI address: \
-             no '.' before the function"
+             no ':'"
         );
     }
 

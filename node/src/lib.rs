@@ -7,8 +7,10 @@
 //! watches, and the allocator that claims, fills and releases the node's
 //! blocks with optimistic concurrency against the Kubernetes API; its
 //! system boundaries ([`ovsdb`]: Open vSwitch, [`netdev`]: netlink and
-//! namespaces) with in-memory stand-ins ([`fake`]); and the `spur-agent`
-//! binary (`run`, `ipam show`, `install-cni`).
+//! namespaces, [`podresources`]: the kubelet's record of a Pod's devices,
+//! [`sriov`]: SR-IOV PFs and VFs found in sysfs) with in-memory stand-ins
+//! ([`fake`]); and the `spur-agent` binary (`run`, `ipam show`,
+//! `install-cni`).
 //!
 //! What does not: the allocation and attachment decisions themselves
 //! (which address, which block, which VLAN, in which order) and every
@@ -28,4 +30,6 @@ pub mod fake;
 pub mod ipam;
 pub mod netdev;
 pub mod ovsdb;
+pub mod podresources;
+pub mod sriov;
 pub mod watch_backoff;
