@@ -16,6 +16,8 @@
 //!   on a VM node where the VF is visible without its PF, only what the VF
 //!   itself can take (its MAC); anything else is refused naming the node
 //!   and the VF rather than silently not applied.
+//! - [`VfRecord`]: what a VF was before a Pod got it, written on the VF
+//!   itself so that detaching restores it after any restart.
 //!
 //! What does not live here: reading sysfs, asking the kubelet's
 //! PodResources API, netlink (the agent, `spur-node`).
@@ -319,6 +321,93 @@ pub fn vf_plan(
     }
 }
 
+/// What a VF was before a Pod got it, kept on the VF itself (its netdev's
+/// alias, `IFLA_IFALIAS`) so that detaching restores it even after the
+/// agent restarted or its node rebooted without the Pod's DEL: the netdev
+/// name, and what the PF had set (MAC, VLAN and priority, spoof check,
+/// trust). Rendered as one line, `spur-vf name=ens1f0v1 mac=... vlan=0
+/// qos=0 spoofchk=on trust=off` (`-` for what the PF did not report);
+/// [`VfRecord::parse`] reads it back and ignores aliases that are not
+/// Spur's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfRecord {
+    /// The netdev's name in the host namespace.
+    pub name: String,
+    /// The MAC the PF had set for the VF (None: unknown or all-zero).
+    pub mac: Option<Mac>,
+    /// VLAN the PF had set (0: untagged).
+    pub vlan: u16,
+    /// Its priority.
+    pub qos: u8,
+    /// Spoof check (None: not reported).
+    pub spoofchk: Option<bool>,
+    /// Trust (None: not reported).
+    pub trust: Option<bool>,
+}
+
+/// The first word of a [`VfRecord`] alias.
+const RECORD_TAG: &str = "spur-vf";
+
+impl VfRecord {
+    /// The alias text.
+    pub fn render(&self) -> String {
+        let flag = |b: Option<bool>| b.map_or("-", on_off);
+        format!(
+            "{RECORD_TAG} name={} mac={} vlan={} qos={} spoofchk={} trust={}",
+            self.name,
+            self.mac.map_or_else(|| "-".to_string(), |m| m.to_string()),
+            self.vlan,
+            self.qos,
+            flag(self.spoofchk),
+            flag(self.trust),
+        )
+    }
+
+    /// Reads an alias written by [`VfRecord::render`]; `None` for any
+    /// other text (an alias the VF had before, or one that was damaged),
+    /// so that nothing is restored from a guess.
+    pub fn parse(alias: &str) -> Option<VfRecord> {
+        let mut words = alias.split(' ');
+        if words.next()? != RECORD_TAG {
+            return None;
+        }
+        let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
+        for w in words {
+            let (k, v) = w.split_once('=')?;
+            if fields.insert(k, v).is_some() {
+                return None;
+            }
+        }
+        let flag = |v: &str| match v {
+            "on" => Some(Some(true)),
+            "off" => Some(Some(false)),
+            "-" => Some(None),
+            _ => None,
+        };
+        let name = *fields.get("name")?;
+        if crate::names::ifname_problem(name).is_some() {
+            return None;
+        }
+        let mac = match *fields.get("mac")? {
+            "-" => None,
+            m => Some(m.parse::<Mac>().ok()?),
+        };
+        let vlan: u16 = fields.get("vlan")?.parse().ok()?;
+        let qos: u8 = fields.get("qos")?.parse().ok()?;
+        if vlan > crate::nad::MAX_VLAN || qos > 7 || fields.len() != 6 {
+            return None;
+        }
+        Some(VfRecord {
+            name: name.to_string(),
+            mac,
+            vlan,
+            qos,
+            spoofchk: flag(fields.get("spoofchk")?)?,
+            trust: flag(fields.get("trust")?)?,
+        })
+    }
+}
+
 fn on_off(b: bool) -> &'static str {
     if b {
         "on"
@@ -513,6 +602,57 @@ mod tests {
 
     fn mac(s: &str) -> Mac {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_vf_record_reads_back_and_ignores_other_aliases() {
+        let r = VfRecord {
+            name: "ens1f0v1".into(),
+            mac: Some(mac("3a:1f:00:aa:bb:01")),
+            vlan: 0,
+            qos: 0,
+            spoofchk: Some(true),
+            trust: None,
+        };
+        let text = r.render();
+        assert_eq!(
+            text,
+            "spur-vf name=ens1f0v1 mac=3a:1f:00:aa:bb:01 vlan=0 qos=0 spoofchk=on trust=-"
+        );
+        assert_eq!(VfRecord::parse(&text), Some(r));
+        for other in [
+            "",
+            "uplink to rack 7",
+            "spur-vf",
+            "spur-vf name=a/b mac=- vlan=0 qos=0 spoofchk=- trust=-",
+            "spur-vf name=v1 mac=- vlan=5000 qos=0 spoofchk=- trust=-",
+            "spur-vf name=v1 mac=- vlan=0 qos=0 spoofchk=maybe trust=-",
+            "spur-vf name=v1 mac=- vlan=0 qos=0 spoofchk=- trust=- extra=1",
+            "spur-vf name=v1 name=v2 mac=- vlan=0 qos=0 spoofchk=- trust=-",
+            "spur-vf name=v1 mac=- vlan=0 qos=0 spoofchk=-",
+        ] {
+            assert_eq!(VfRecord::parse(other), None, "{other:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn vf_records_round_trip(
+            name in "[a-z][a-z0-9]{0,14}",
+            m in proptest::option::of(any::<[u8; 6]>()),
+            vlan in 0u16..=4094,
+            qos in 0u8..=7,
+            spoofchk in proptest::option::of(any::<bool>()),
+            trust in proptest::option::of(any::<bool>()),
+        ) {
+            let r = VfRecord { name, mac: m.map(Mac), vlan, qos, spoofchk, trust };
+            prop_assert_eq!(VfRecord::parse(&r.render()), Some(r));
+        }
+
+        #[test]
+        fn vf_record_parsing_never_panics(s in "\\PC{0,80}") {
+            let _ = VfRecord::parse(&s);
+        }
     }
 
     #[test]

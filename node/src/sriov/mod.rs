@@ -1,5 +1,6 @@
-//! SR-IOV on the node. For now only discovery: which physical functions
-//! (PFs) and virtual functions (VFs) the node has, read from sysfs.
+//! SR-IOV on the node: which physical functions (PFs) and virtual
+//! functions (VFs) the node has, read from sysfs, and the VF operations
+//! the agent performs, behind a trait.
 //!
 //! - [`sysfs::Sysfs`]: reads the kernel's sysfs layout under a root path
 //!   (`/` in production, an emulated tree in tests): a PF's VFs in index
@@ -11,9 +12,12 @@
 //!   step when a VF's netdev is renamed or moves into a Pod's namespace.
 //! - PCI addresses are [`spur_core::sriov::PciAddress`] (re-exported in
 //!   [`sysfs`]), the same type the SR-IOV decisions of `spur-core` use.
+//! - [`vf::VfLinks`]: setting a VF up through its PF, moving its netdev
+//!   into a Pod and back, with the VF's own restore record.
 //!
-//! What is not here yet: attaching a VF to a Pod and giving it back
-//! (moving its netdev between namespaces, setting VLAN, MAC, spoof check
-//! and trust on the PF through netlink).
+//! What is not here yet: the netlink implementation of [`vf::VfLinks`] and
+//! its in-memory stand-in, and the agent's use of them (the agent refuses
+//! SR-IOV networks until then).
 
 pub mod sysfs;
+pub mod vf;

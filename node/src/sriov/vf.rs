@@ -1,0 +1,128 @@
+//! The operations on virtual functions the agent needs, behind a small
+//! trait ([`VfLinks`]) that the simulator and tests replace.
+//!
+//! A VF is handed to a Pod in two parts, both undone on detach:
+//!
+//! - through its PF, on a bare-metal node: VLAN and priority, MAC, spoof
+//!   check and trust ([`VfLinks::pf_settings`] reads them first, so that
+//!   the [`VfRecord`] written on the VF can restore them);
+//! - its netdev: renamed to the name the Pod asked for, with the
+//!   [`VfRecord`] as its alias, moved into the Pod's network namespace
+//!   (one move: a VF cannot be created there) and configured there (MTU,
+//!   MAC, addresses, routes, up, gratuitous ARP / unsolicited NA).
+//!
+//! Detaching moves the netdev back under the name its record gives, and
+//! the caller restores the PF's settings from the same record.
+//!
+//! What is not here: which VF (spur-core's `sriov::assign_devices`),
+//! what to set on it (`sriov::vf_plan`), finding it in sysfs
+//! ([`super::sysfs`]).
+
+use std::path::{Path, PathBuf};
+
+use futures::future::BoxFuture;
+use ipnet::IpNet;
+use spur_core::names::Mac;
+use spur_core::sriov::VfRecord;
+
+use crate::netdev::{NetdevError, RouteSpec};
+
+/// What a PF has set for one of its VFs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PfVfSettings {
+    /// The VF's MAC as the PF sets it (None: all zeros, "not set").
+    pub mac: Option<Mac>,
+    /// VLAN (0: untagged).
+    pub vlan: u16,
+    /// 802.1p priority of the VLAN tag.
+    pub qos: u8,
+    /// Spoof check (None: the driver does not report it / leave it).
+    pub spoofchk: Option<bool>,
+    /// Trust (None: the driver does not report it / leave it).
+    pub trust: Option<bool>,
+}
+
+/// Moving a VF's netdev into a Pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfAttachSpec {
+    /// The VF's netdev in the agent's namespace.
+    pub netdev: String,
+    /// Written as the netdev's alias before it moves.
+    pub record: VfRecord,
+    /// The Pod's network namespace (the path the runtime gave).
+    pub netns: PathBuf,
+    /// The name in the Pod.
+    pub ifname: String,
+    /// MTU.
+    pub mtu: u32,
+    /// MAC set on the netdev (None: kept).
+    pub mac: Option<Mac>,
+    /// Addresses with their prefix lengths.
+    pub addresses: Vec<IpNet>,
+    /// Routes through the interface.
+    pub routes: Vec<RouteSpec>,
+    /// Send gratuitous ARP / unsolicited NA once up.
+    pub announce: bool,
+}
+
+/// A VF found in a Pod's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodVf {
+    /// Its record (None: the alias is not a Spur record).
+    pub record: Option<VfRecord>,
+    /// MTU.
+    pub mtu: u32,
+    /// MAC.
+    pub mac: Mac,
+    /// Addresses.
+    pub addresses: Vec<IpNet>,
+    /// Up.
+    pub up: bool,
+}
+
+/// The VF operations of the node agent. Boxed futures keep it usable as
+/// `dyn VfLinks`.
+pub trait VfLinks: Send + Sync {
+    /// What `pf` has set for its VF `index`.
+    fn pf_settings<'a>(
+        &'a self,
+        pf: &'a str,
+        index: u16,
+    ) -> BoxFuture<'a, Result<PfVfSettings, NetdevError>>;
+
+    /// Sets VF `index` of `pf`: VLAN and priority, MAC when given, spoof
+    /// check and trust when given. Idempotent.
+    fn set_pf_settings<'a>(
+        &'a self,
+        pf: &'a str,
+        index: u16,
+        settings: &'a PfVfSettings,
+    ) -> BoxFuture<'a, Result<(), NetdevError>>;
+
+    /// Writes the record as the netdev's alias, renames it, moves it into
+    /// the Pod's namespace and configures it there. All or nothing: on
+    /// failure the netdev is back in the agent's namespace under its own
+    /// name. Fails with [`NetdevError::PodLinkExists`] when the name is
+    /// taken in the Pod, [`NetdevError::NetnsNotFound`] for a missing
+    /// namespace, and when the netdev is not in the agent's namespace.
+    fn attach_vf<'a>(&'a self, spec: &'a VfAttachSpec) -> BoxFuture<'a, Result<(), NetdevError>>;
+
+    /// Moves `ifname` out of the Pod's namespace back into the agent's,
+    /// renamed as its record says, addresses flushed and down; returns the
+    /// record. `Ok(None)` when the namespace or the interface is gone
+    /// (idempotent); an interface without a Spur record is left where it
+    /// is and is an error.
+    fn detach_vf<'a>(
+        &'a self,
+        netns: &'a Path,
+        ifname: &'a str,
+    ) -> BoxFuture<'a, Result<Option<VfRecord>, NetdevError>>;
+
+    /// The VF `ifname` in the Pod's namespace, for CNI CHECK and restart
+    /// recovery (`None` when absent).
+    fn inspect_vf<'a>(
+        &'a self,
+        netns: &'a Path,
+        ifname: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PodVf>, NetdevError>>;
+}
