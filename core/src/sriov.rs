@@ -215,6 +215,22 @@ pub struct VfLocation {
     pub pf: Option<(String, u16)>,
 }
 
+/// What a PF sets for one of its VFs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PfVfSettings {
+    /// The VF's MAC as the PF sets it (None: all zeros, "not set"; when
+    /// setting, left as it is).
+    pub mac: Option<Mac>,
+    /// VLAN (0: untagged).
+    pub vlan: u16,
+    /// 802.1p priority of the VLAN tag.
+    pub qos: u8,
+    /// Spoof check (None: not reported / left as it is).
+    pub spoofchk: Option<bool>,
+    /// Trust (None: not reported / left as it is).
+    pub trust: Option<bool>,
+}
+
 /// What is set on the VF through its PF (bare metal only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PfSettings {
@@ -222,16 +238,9 @@ pub struct PfSettings {
     pub pf: String,
     /// The VF's index on the PF.
     pub index: u16,
-    /// VLAN (0: untagged) and 802.1p priority.
-    pub vlan: u16,
-    /// Priority of the VLAN tag.
-    pub qos: u8,
-    /// MAC of the VF (requested, or the stable MAC of the interface).
-    pub mac: Mac,
-    /// Spoof check (None: untouched).
-    pub spoofchk: Option<bool>,
-    /// Trust (None: untouched).
-    pub trust: Option<bool>,
+    /// VLAN and priority, MAC (requested, or the stable MAC of the
+    /// interface), spoof check and trust.
+    pub set: PfVfSettings,
 }
 
 /// How the agent configures one VF.
@@ -284,11 +293,13 @@ pub fn vf_plan(
                 through_pf: Some(PfSettings {
                     pf: pf.clone(),
                     index: *index,
-                    vlan,
-                    qos: vf.qos.unwrap_or(0),
-                    mac,
-                    spoofchk: vf.spoofchk,
-                    trust: vf.trust,
+                    set: PfVfSettings {
+                        mac: Some(mac),
+                        vlan,
+                        qos: vf.qos.unwrap_or(0),
+                        spoofchk: vf.spoofchk,
+                        trust: vf.trust,
+                    },
                 }),
                 netdev_mac: Some(mac),
             })
@@ -333,16 +344,8 @@ pub fn vf_plan(
 pub struct VfRecord {
     /// The netdev's name in the host namespace.
     pub name: String,
-    /// The MAC the PF had set for the VF (None: unknown or all-zero).
-    pub mac: Option<Mac>,
-    /// VLAN the PF had set (0: untagged).
-    pub vlan: u16,
-    /// Its priority.
-    pub qos: u8,
-    /// Spoof check (None: not reported).
-    pub spoofchk: Option<bool>,
-    /// Trust (None: not reported).
-    pub trust: Option<bool>,
+    /// What the PF had set for the VF (all defaults on a VM node).
+    pub pf: PfVfSettings,
 }
 
 /// The first word of a [`VfRecord`] alias.
@@ -355,11 +358,13 @@ impl VfRecord {
         format!(
             "{RECORD_TAG} name={} mac={} vlan={} qos={} spoofchk={} trust={}",
             self.name,
-            self.mac.map_or_else(|| "-".to_string(), |m| m.to_string()),
-            self.vlan,
-            self.qos,
-            flag(self.spoofchk),
-            flag(self.trust),
+            self.pf
+                .mac
+                .map_or_else(|| "-".to_string(), |m| m.to_string()),
+            self.pf.vlan,
+            self.pf.qos,
+            flag(self.pf.spoofchk),
+            flag(self.pf.trust),
         )
     }
 
@@ -399,11 +404,13 @@ impl VfRecord {
         }
         Some(VfRecord {
             name: name.to_string(),
-            mac,
-            vlan,
-            qos,
-            spoofchk: flag(fields.get("spoofchk")?)?,
-            trust: flag(fields.get("trust")?)?,
+            pf: PfVfSettings {
+                mac,
+                vlan,
+                qos,
+                spoofchk: flag(fields.get("spoofchk")?)?,
+                trust: flag(fields.get("trust")?)?,
+            },
         })
     }
 }
@@ -608,11 +615,13 @@ mod tests {
     fn the_vf_record_reads_back_and_ignores_other_aliases() {
         let r = VfRecord {
             name: "ens1f0v1".into(),
-            mac: Some(mac("3a:1f:00:aa:bb:01")),
-            vlan: 0,
-            qos: 0,
-            spoofchk: Some(true),
-            trust: None,
+            pf: PfVfSettings {
+                mac: Some(mac("3a:1f:00:aa:bb:01")),
+                vlan: 0,
+                qos: 0,
+                spoofchk: Some(true),
+                trust: None,
+            },
         };
         let text = r.render();
         assert_eq!(
@@ -645,7 +654,10 @@ mod tests {
             spoofchk in proptest::option::of(any::<bool>()),
             trust in proptest::option::of(any::<bool>()),
         ) {
-            let r = VfRecord { name, mac: m.map(Mac), vlan, qos, spoofchk, trust };
+            let r = VfRecord {
+                name,
+                pf: PfVfSettings { mac: m.map(Mac), vlan, qos, spoofchk, trust },
+            };
             prop_assert_eq!(VfRecord::parse(&r.render()), Some(r));
         }
 
@@ -673,17 +685,19 @@ mod tests {
             Some(PfSettings {
                 pf: "ens1f0".into(),
                 index: 1,
-                vlan: 100,
-                qos: 3,
-                mac: stable,
-                spoofchk: Some(false),
-                trust: None,
+                set: PfVfSettings {
+                    mac: Some(stable),
+                    vlan: 100,
+                    qos: 3,
+                    spoofchk: Some(false),
+                    trust: None,
+                }
             })
         );
         assert_eq!(p.netdev_mac, Some(stable));
         let asked = mac("02:00:00:00:00:01");
         let p = vf_plan("default/a", "node-a", &at, 0, &vf, Some(asked), stable).unwrap();
-        assert_eq!(p.through_pf.map(|s| s.mac), Some(asked));
+        assert_eq!(p.through_pf.and_then(|s| s.set.mac), Some(asked));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! sysfs trees in temporary directories: a PF's VFs in index order, a VF's
 //! PF and index, a VM node's VF without PF, netdevs renamed and moved away,
 //! the errors and what they name, symlinks laid out as the kernel does
-//! (relative into `/sys/devices`, and absolute, re-rooted), and a property
-//! test of the PCI address parser.
+//! (relative into `/sys/devices`, and absolute, re-rooted). The PCI
+//! address parser's property tests are spur-core's (`sriov`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
@@ -11,7 +11,6 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use proptest::prelude::*;
 use spur_node::sriov::sysfs::{PciAddress, Sysfs, SysfsError, SysfsTree, VfParent};
 
 const PF: &str = "0000:3b:00.0";
@@ -334,36 +333,4 @@ fn kernel_style_links_and_absolute_targets_resolve_inside_the_root() {
 #[test]
 fn host_is_rooted_at_slash() {
     assert_eq!(Sysfs::host().root(), Path::new("/"));
-}
-
-proptest! {
-    #[test]
-    fn valid_pci_addresses_round_trip(
-        domain in 0u32..=0xffff,
-        bus in any::<u8>(),
-        device in 0u8..=0x1f,
-        function in 0u8..=7,
-        upper in any::<bool>(),
-    ) {
-        let text = format!("{domain:04x}:{bus:02x}:{device:02x}.{function:x}");
-        let input = if upper { text.to_uppercase() } else { text.clone() };
-        let p: PciAddress = input.parse().unwrap();
-        prop_assert_eq!(p.to_string(), text.clone());
-        prop_assert_eq!(text.parse::<PciAddress>().unwrap(), p);
-    }
-
-    #[test]
-    fn random_text_never_panics(s in "\\PC{0,20}") {
-        if let Err(e) = s.parse::<PciAddress>() {
-            prop_assert_eq!(&e.value, &s);
-        }
-    }
-
-    #[test]
-    fn near_misses_never_panic(s in "[0-9a-fA-F:.+ -]{0,16}") {
-        match s.parse::<PciAddress>() {
-            Ok(p) => prop_assert_eq!(p.to_string().parse::<PciAddress>().unwrap(), p),
-            Err(e) => prop_assert_eq!(e.value, s),
-        }
-    }
 }

@@ -23,24 +23,9 @@ use std::path::{Path, PathBuf};
 use futures::future::BoxFuture;
 use ipnet::IpNet;
 use spur_core::names::Mac;
-use spur_core::sriov::VfRecord;
+pub use spur_core::sriov::{PfVfSettings, VfRecord};
 
 use crate::netdev::{NetdevError, RouteSpec};
-
-/// What a PF has set for one of its VFs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PfVfSettings {
-    /// The VF's MAC as the PF sets it (None: all zeros, "not set").
-    pub mac: Option<Mac>,
-    /// VLAN (0: untagged).
-    pub vlan: u16,
-    /// 802.1p priority of the VLAN tag.
-    pub qos: u8,
-    /// Spoof check (None: the driver does not report it / leave it).
-    pub spoofchk: Option<bool>,
-    /// Trust (None: the driver does not report it / leave it).
-    pub trust: Option<bool>,
-}
 
 /// Moving a VF's netdev into a Pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
