@@ -215,8 +215,8 @@ pub struct VfLocation {
     pub pf: Option<(String, u16)>,
 }
 
-/// What a PF sets for one of its VFs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a PF sets for one of its VFs (the default: nothing, untagged).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PfVfSettings {
     /// The VF's MAC as the PF sets it (None: all zeros, "not set"; when
     /// setting, left as it is).

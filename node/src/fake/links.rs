@@ -13,6 +13,7 @@ use crate::netdev::{
     check_ifname, CreatedVeth, HostLinkState, NetdevError, Netns, PodLinkState, PodLinks,
     RouteSpec, VethSpec,
 };
+use crate::sriov::vf::{PfVfSettings, PodVf, VfAttachSpec, VfLinks, VfRecord};
 
 /// What made a link of a Pod netns.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -30,8 +31,16 @@ pub enum LinkKind {
         /// The NIC it sits on.
         parent: String,
     },
+    /// An SR-IOV VF's netdev moved into the Pod, with the alias it
+    /// carries (Spur writes its restore record there).
+    Vf {
+        /// The VF's PCI address.
+        pci: String,
+        /// Its alias.
+        alias: String,
+    },
     /// Any other interface another plugin made, by its kind (`ipvlan`,
-    /// `sriov`, ...).
+    /// ...).
     Other(String),
 }
 
@@ -95,6 +104,25 @@ pub struct ForeignLink {
     pub addresses: Vec<IpNet>,
 }
 
+/// An SR-IOV VF's netdev in the agent's netns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostVf {
+    /// The VF's PCI address.
+    pub pci: String,
+    /// Its ifindex.
+    pub index: u32,
+    /// MTU.
+    pub mtu: u32,
+    /// MAC.
+    pub mac: [u8; 6],
+    /// Its alias (empty: none).
+    pub alias: String,
+    /// Addresses.
+    pub addresses: Vec<IpNet>,
+    /// Administratively up.
+    pub up: bool,
+}
+
 /// Everything [`FakeLinks`] holds, read back ([`FakeLinks::snapshot`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LinksSnapshot {
@@ -104,6 +132,10 @@ pub struct LinksSnapshot {
     pub hosts: BTreeMap<String, HostEnd>,
     /// Every NIC by name.
     pub nics: BTreeMap<String, NicState>,
+    /// SR-IOV VF netdevs in the agent's netns, by name.
+    pub vfs: BTreeMap<String, HostVf>,
+    /// What each PF sets for each of its VFs, by (PF, VF index).
+    pub pf_vfs: BTreeMap<(String, u16), PfVfSettings>,
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +146,10 @@ struct LinksState {
     hosts: BTreeMap<String, HostEnd>,
     /// NICs of the agent's netns.
     nics: BTreeMap<String, NicState>,
+    /// VF netdevs of the agent's netns.
+    vfs: BTreeMap<String, HostVf>,
+    /// (PF, VF index) -> what the PF sets.
+    pf_vfs: BTreeMap<(String, u16), PfVfSettings>,
     next_index: u32,
     fail_create: BTreeSet<String>,
 }
@@ -144,7 +180,20 @@ impl LinksState {
     }
 
     fn taken_in_agent_ns(&self, name: &str) -> bool {
-        self.hosts.contains_key(name) || self.nics.contains_key(name)
+        self.hosts.contains_key(name) || self.nics.contains_key(name) || self.vfs.contains_key(name)
+    }
+
+    /// A VF's netdev comes (back) to the agent's netns as `name`, or as
+    /// `dev<ifindex>` when that name is taken (what the kernel does when a
+    /// namespace with a physical device goes away).
+    fn vf_home(&mut self, name: &str, vf: HostVf) -> String {
+        let name = if self.taken_in_agent_ns(name) {
+            format!("dev{}", vf.index)
+        } else {
+            name.to_string()
+        };
+        self.vfs.insert(name.clone(), vf);
+        name
     }
 }
 
@@ -202,9 +251,26 @@ impl FakeLinks {
         let Some(links) = s.netns.remove(path) else {
             return;
         };
-        for l in links.into_values() {
-            if let LinkKind::Veth { host } = l.kind {
-                s.hosts.remove(&host);
+        for (name, l) in links {
+            match l.kind {
+                LinkKind::Veth { host } => {
+                    s.hosts.remove(&host);
+                }
+                // A physical device is not deleted with the namespace: it
+                // returns to the agent's, under the name it had.
+                LinkKind::Vf { pci, alias } => {
+                    let vf = HostVf {
+                        pci,
+                        index: l.index,
+                        mtu: l.mtu,
+                        mac: l.mac,
+                        alias,
+                        addresses: Vec::new(),
+                        up: false,
+                    };
+                    s.vf_home(&name, vf);
+                }
+                _ => {}
             }
         }
     }
@@ -221,6 +287,43 @@ impl FakeLinks {
         let mut s = self.lock();
         s.netns.clear();
         s.hosts.clear();
+        // VFs come back under their driver's names, without aliases, and
+        // the PFs forget what was set for them.
+        let vfs = std::mem::take(&mut s.vfs);
+        for (_, mut vf) in vfs {
+            vf.alias.clear();
+            vf.addresses.clear();
+            vf.up = false;
+            let name = format!("vf{}", vf.pci.replace([':', '.'], ""));
+            s.vf_home(&name, vf);
+        }
+        for set in s.pf_vfs.values_mut() {
+            *set = PfVfSettings::default();
+        }
+    }
+
+    /// An SR-IOV VF's netdev `name` (PCI address `pci`, MAC `mac`) in the
+    /// agent's netns, and, on a bare-metal node, its PF's record of it
+    /// (`pf`: the PF and the VF's index).
+    pub fn add_vf(&self, name: &str, pci: &str, mac: [u8; 6], pf: Option<(&str, u16)>) {
+        let mut s = self.lock();
+        let index = s.index();
+        s.vfs.insert(
+            name.to_string(),
+            HostVf {
+                pci: pci.to_string(),
+                index,
+                mtu: 1500,
+                mac,
+                alias: String::new(),
+                addresses: Vec::new(),
+                up: false,
+            },
+        );
+        if let Some((pf, i)) = pf {
+            s.pf_vfs
+                .insert((pf.to_string(), i), PfVfSettings::default());
+        }
     }
 
     /// Makes creating a link whose Pod end is `ifname` fail at
@@ -348,6 +451,8 @@ impl FakeLinks {
             netns: s.netns.clone(),
             hosts: s.hosts.clone(),
             nics: s.nics.clone(),
+            vfs: s.vfs.clone(),
+            pf_vfs: s.pf_vfs.clone(),
         }
     }
 
@@ -648,6 +753,189 @@ impl PodLinks for FakeLinks {
                 index: n.index,
                 up: true,
                 mtu: n.mtu,
+            }))
+        })
+    }
+}
+
+impl FakeLinks {
+    fn vf_point(&self, op: Op, netns: Option<&Path>, ifname: &str) -> FaultPoint {
+        FaultPoint::new(
+            op,
+            Step::Start,
+            Subject {
+                netns: netns.map(Path::to_path_buf),
+                ifname: Some(ifname.to_string()),
+                ..Subject::default()
+            },
+        )
+    }
+}
+
+/// The PF's records of its VFs and the VFs' netdevs, as the kernel keeps
+/// them: a VF moves whole between namespaces (it cannot be created in a
+/// Pod's), keeps its ifindex, and returns to the agent's namespace when a
+/// Pod's goes away ([`FakeLinks::remove_netns`]).
+impl VfLinks for FakeLinks {
+    fn pf_settings<'a>(
+        &'a self,
+        pf: &'a str,
+        index: u16,
+    ) -> BoxFuture<'a, Result<PfVfSettings, NetdevError>> {
+        Box::pin(async move {
+            self.point(&self.vf_point(Op::PfSettings, None, pf)).await?;
+            self.lock()
+                .pf_vfs
+                .get(&(pf.to_string(), index))
+                .copied()
+                .ok_or_else(|| kernel(&format!("read VF {index}"), Netns::Agent, pf, Errno::ENODEV))
+        })
+    }
+
+    fn set_pf_settings<'a>(
+        &'a self,
+        pf: &'a str,
+        index: u16,
+        settings: &'a PfVfSettings,
+    ) -> BoxFuture<'a, Result<(), NetdevError>> {
+        Box::pin(async move {
+            self.point(&self.vf_point(Op::SetPfSettings, None, pf))
+                .await?;
+            let mut s = self.lock();
+            let Some(cur) = s.pf_vfs.get_mut(&(pf.to_string(), index)) else {
+                return Err(kernel(
+                    &format!("set VF {index}"),
+                    Netns::Agent,
+                    pf,
+                    Errno::ENODEV,
+                ));
+            };
+            cur.vlan = settings.vlan;
+            cur.qos = settings.qos;
+            if settings.mac.is_some() {
+                cur.mac = settings.mac;
+            }
+            if settings.spoofchk.is_some() {
+                cur.spoofchk = settings.spoofchk;
+            }
+            if settings.trust.is_some() {
+                cur.trust = settings.trust;
+            }
+            Ok(())
+        })
+    }
+
+    fn attach_vf<'a>(&'a self, spec: &'a VfAttachSpec) -> BoxFuture<'a, Result<(), NetdevError>> {
+        Box::pin(async move {
+            let point = self.vf_point(Op::AttachVf, Some(&spec.netns), &spec.ifname);
+            self.point(&point).await?;
+            check_ifname("ifname", &spec.ifname)?;
+            let mut s = self.lock();
+            if !s.vfs.contains_key(&spec.netdev) {
+                return Err(kernel("move VF", Netns::Agent, &spec.netdev, Errno::ENODEV));
+            }
+            let Some(links) = s.netns.get(&spec.netns) else {
+                return Err(NetdevError::NetnsNotFound {
+                    netns: spec.netns.clone(),
+                });
+            };
+            if links.contains_key(&spec.ifname) {
+                return Err(NetdevError::PodLinkExists {
+                    netns: spec.netns.clone(),
+                    ifname: spec.ifname.clone(),
+                });
+            }
+            let Some(vf) = s.vfs.remove(&spec.netdev) else {
+                return Err(kernel("move VF", Netns::Agent, &spec.netdev, Errno::ENODEV));
+            };
+            let link = PodLink {
+                index: vf.index,
+                kind: LinkKind::Vf {
+                    pci: vf.pci,
+                    alias: spec.record.render(),
+                },
+                mtu: spec.mtu,
+                mac: spec.mac.map_or(vf.mac, |m| m.0),
+                addresses: spec.addresses.clone(),
+                routes: spec.routes.clone(),
+                up: true,
+            };
+            s.netns
+                .entry(spec.netns.clone())
+                .or_default()
+                .insert(spec.ifname.clone(), link);
+            Ok(())
+        })
+    }
+
+    fn detach_vf<'a>(
+        &'a self,
+        netns: &'a Path,
+        ifname: &'a str,
+    ) -> BoxFuture<'a, Result<Option<VfRecord>, NetdevError>> {
+        Box::pin(async move {
+            self.point(&self.vf_point(Op::DetachVf, Some(netns), ifname))
+                .await?;
+            let mut s = self.lock();
+            let Some(link) = s.netns.get(netns).and_then(|l| l.get(ifname)).cloned() else {
+                return Ok(None);
+            };
+            let LinkKind::Vf { pci, alias } = link.kind else {
+                return Err(kernel(
+                    "detach VF (not a VF)",
+                    Netns::Pod(netns.to_path_buf()),
+                    ifname,
+                    Errno::EINVAL,
+                ));
+            };
+            let Some(record) = VfRecord::parse(&alias) else {
+                return Err(kernel(
+                    "detach VF (no Spur record in its alias)",
+                    Netns::Pod(netns.to_path_buf()),
+                    ifname,
+                    Errno::EINVAL,
+                ));
+            };
+            if let Some(l) = s.netns.get_mut(netns) {
+                l.remove(ifname);
+            }
+            let vf = HostVf {
+                pci,
+                index: link.index,
+                mtu: link.mtu,
+                mac: link.mac,
+                alias: String::new(),
+                addresses: Vec::new(),
+                up: false,
+            };
+            s.vf_home(&record.name, vf);
+            Ok(Some(record))
+        })
+    }
+
+    fn inspect_vf<'a>(
+        &'a self,
+        netns: &'a Path,
+        ifname: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PodVf>, NetdevError>> {
+        Box::pin(async move {
+            self.point(&self.vf_point(Op::InspectVf, Some(netns), ifname))
+                .await?;
+            let s = self.lock();
+            let Some(links) = s.netns.get(netns) else {
+                return Err(NetdevError::NetnsNotFound {
+                    netns: netns.to_path_buf(),
+                });
+            };
+            Ok(links.get(ifname).and_then(|l| match &l.kind {
+                LinkKind::Vf { alias, .. } => Some(PodVf {
+                    record: VfRecord::parse(alias),
+                    mtu: l.mtu,
+                    mac: spur_core::names::Mac(l.mac),
+                    addresses: l.addresses.clone(),
+                    up: l.up,
+                }),
+                _ => None,
             }))
         })
     }

@@ -1,8 +1,10 @@
 //! In-memory stand-ins for the agent's system boundaries: a switch
 //! ([`FakeSwitch`], for [`crate::ovsdb::Switch`], modelling ovsdb-server)
-//! and Pod links ([`FakeLinks`], for [`crate::netdev::PodLinks`], modelling
-//! the kernel's network namespaces and links). The agent's tests and the
-//! simulator run the real agent logic over them; they keep what was
+//! and Pod links ([`FakeLinks`], for [`crate::netdev::PodLinks`] and
+//! [`crate::sriov::vf::VfLinks`], modelling the kernel's network
+//! namespaces and links, SR-IOV VFs and their PFs' records of them). The
+//! agent's tests and the simulator run the real agent logic over them;
+//! they keep what was
 //! created so tests and the simulator can read it back
 //! ([`FakeSwitch::snapshot`], [`FakeLinks::snapshot`]), and can be told to
 //! fail, stall or crash at named points ([`FaultHook`], [`FaultPoint`]).
@@ -29,6 +31,7 @@
 //! | switch | `list_ports`, `list_bridges` | `Start` |
 //! | links | `create_veth` | `Start`, (pair created), `Configure`, (Pod end configured), `BringUp`, (up, routes added); on a failure after the pair exists: `Rollback`, (pair deleted) |
 //! | links | `delete_host_link`, `delete_pod_link`, `inspect_pod_link`, `host_link`, `host_addresses` | `Start` |
+//! | links (VFs) | `pf_settings`, `set_pf_settings`, `attach_vf`, `detach_vf`, `inspect_vf` | `Start` (each is one step) |
 //!
 //! A hook answering `Err` at a point makes the operation fail there with
 //! an error naming the injected fault ([`SwitchError::Backend`],
@@ -63,7 +66,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-pub use links::{FakeLinks, ForeignLink, HostEnd, LinkKind, LinksSnapshot, NicState, PodLink};
+pub use links::{
+    FakeLinks, ForeignLink, HostEnd, HostVf, LinkKind, LinksSnapshot, NicState, PodLink,
+};
 pub use switch::{BridgeSnapshot, FakeSwitch, SwitchSnapshot};
 
 #[cfg(doc)]
@@ -105,6 +110,16 @@ pub enum Op {
     HostLink,
     /// `PodLinks::host_addresses`.
     HostAddresses,
+    /// `VfLinks::pf_settings`.
+    PfSettings,
+    /// `VfLinks::set_pf_settings`.
+    SetPfSettings,
+    /// `VfLinks::attach_vf`.
+    AttachVf,
+    /// `VfLinks::detach_vf`.
+    DetachVf,
+    /// `VfLinks::inspect_vf`.
+    InspectVf,
 }
 
 impl Op {
@@ -122,6 +137,11 @@ impl Op {
             Op::InspectPodLink => "inspect_pod_link",
             Op::HostLink => "host_link",
             Op::HostAddresses => "host_addresses",
+            Op::PfSettings => "pf_settings",
+            Op::SetPfSettings => "set_pf_settings",
+            Op::AttachVf => "attach_vf",
+            Op::DetachVf => "detach_vf",
+            Op::InspectVf => "inspect_vf",
         }
     }
 

@@ -636,3 +636,154 @@ async fn hook_fn_builds_a_hook() {
         "injected fault at switch/list_bridges/start: no"
     );
 }
+
+mod vfs {
+    use super::*;
+    use crate::sriov::vf::{PfVfSettings, VfAttachSpec, VfLinks, VfRecord};
+    use spur_core::names::Mac;
+
+    const PCI: &str = "0000:3b:02.1";
+
+    fn links_with_vf() -> FakeLinks {
+        let l = FakeLinks::new();
+        l.add_vf("ens1f0v1", PCI, [0x3a, 0, 0, 0, 0, 1], Some(("ens1f0", 1)));
+        l.add_netns(Path::new("/run/netns/p"));
+        l
+    }
+
+    fn record() -> VfRecord {
+        VfRecord {
+            name: "ens1f0v1".into(),
+            pf: PfVfSettings::default(),
+        }
+    }
+
+    fn spec() -> VfAttachSpec {
+        VfAttachSpec {
+            netdev: "ens1f0v1".into(),
+            record: record(),
+            netns: "/run/netns/p".into(),
+            ifname: "net1".into(),
+            mtu: 9000,
+            mac: Some(Mac([0x0a, 0x58, 0, 0, 0, 5])),
+            addresses: vec!["10.1.0.5/24".parse().unwrap()],
+            routes: vec![],
+            announce: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vf_moves_into_the_pod_and_back_under_its_name() {
+        let l = links_with_vf();
+        l.attach_vf(&spec()).await.unwrap();
+        let snap = l.snapshot();
+        assert!(snap.vfs.is_empty(), "the netdev left the agent's netns");
+        let pod = &snap.netns[Path::new("/run/netns/p")]["net1"];
+        assert_eq!(
+            (pod.mtu, pod.mac, pod.up),
+            (9000, [0x0a, 0x58, 0, 0, 0, 5], true)
+        );
+        let seen = l
+            .inspect_vf(Path::new("/run/netns/p"), "net1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.record, Some(record()));
+        // Attaching again into a taken name fails and moves nothing.
+        l.add_vf(
+            "ens1f0v2",
+            "0000:3b:02.2",
+            [0x3a, 0, 0, 0, 0, 2],
+            Some(("ens1f0", 2)),
+        );
+        let mut second = spec();
+        second.netdev = "ens1f0v2".into();
+        let e = l.attach_vf(&second).await.unwrap_err();
+        assert!(e.is_exists(), "{e}");
+        assert!(l.snapshot().vfs.contains_key("ens1f0v2"));
+        // Back home under the recorded name, alias cleared, down.
+        let back = l
+            .detach_vf(Path::new("/run/netns/p"), "net1")
+            .await
+            .unwrap();
+        assert_eq!(back, Some(record()));
+        let home = &l.snapshot().vfs["ens1f0v1"];
+        assert_eq!((home.alias.as_str(), home.up), ("", false));
+        assert!(home.addresses.is_empty());
+        // DEL again: nothing there.
+        assert_eq!(
+            l.detach_vf(Path::new("/run/netns/p"), "net1")
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            l.detach_vf(Path::new("/run/netns/gone"), "net1")
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dead_sandbox_gives_the_vf_back_under_the_pods_name() {
+        let l = links_with_vf();
+        l.attach_vf(&spec()).await.unwrap();
+        l.remove_netns(Path::new("/run/netns/p"));
+        let vfs = l.snapshot().vfs;
+        // As the kernel does: the physical device returns with the name it
+        // had in the Pod and keeps its alias (the restore record).
+        let vf = &vfs["net1"];
+        assert_eq!(vf.pci, PCI);
+        assert_eq!(VfRecord::parse(&vf.alias), Some(record()));
+    }
+
+    #[tokio::test]
+    async fn foreign_interfaces_are_not_detached() {
+        let l = links_with_vf();
+        l.add_foreign_link(
+            Path::new("/run/netns/p"),
+            "eth0",
+            ForeignLink {
+                kind: LinkKind::Primary,
+                mtu: 1500,
+                mac: [2, 0, 0, 0, 0, 1],
+                addresses: vec![],
+            },
+        )
+        .unwrap();
+        assert!(l
+            .detach_vf(Path::new("/run/netns/p"), "eth0")
+            .await
+            .is_err());
+        assert!(l.snapshot().netns[Path::new("/run/netns/p")].contains_key("eth0"));
+    }
+
+    #[tokio::test]
+    async fn the_pf_keeps_what_was_set_until_a_reboot() {
+        let l = links_with_vf();
+        let set = PfVfSettings {
+            mac: Some(Mac([0x0a, 0x58, 0, 0, 0, 5])),
+            vlan: 100,
+            qos: 2,
+            spoofchk: Some(false),
+            trust: None,
+        };
+        l.set_pf_settings("ens1f0", 1, &set).await.unwrap();
+        assert_eq!(l.pf_settings("ens1f0", 1).await.unwrap(), set);
+        // Leaving MAC and flags out leaves them.
+        let vlan_only = PfVfSettings {
+            vlan: 0,
+            ..PfVfSettings::default()
+        };
+        l.set_pf_settings("ens1f0", 1, &vlan_only).await.unwrap();
+        let now = l.pf_settings("ens1f0", 1).await.unwrap();
+        assert_eq!((now.vlan, now.mac, now.spoofchk), (0, set.mac, Some(false)));
+        assert!(l.pf_settings("ens1f0", 9).await.is_err());
+        l.reboot();
+        assert_eq!(
+            l.pf_settings("ens1f0", 1).await.unwrap(),
+            PfVfSettings::default()
+        );
+    }
+}
