@@ -105,6 +105,29 @@ pub struct Attachment {
     pub result: Option<Value>,
 }
 
+/// The `CNI_ARGS` a kubelet (containerd's CRI plugin) passes for a Pod's
+/// sandbox, then `extra` (a delegation's own, e.g. Multus's `MAC`/`IP`).
+/// The simulator's kubelet passes the same.
+pub fn cni_args(
+    pod: &PodRef,
+    container_id: &str,
+    pod_uid: &str,
+    extra: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut args = vec![
+        ("IgnoreUnknown".to_string(), "1".to_string()),
+        ("K8S_POD_NAMESPACE".to_string(), pod.namespace.clone()),
+        ("K8S_POD_NAME".to_string(), pod.name.clone()),
+        (
+            "K8S_POD_INFRA_CONTAINER_ID".to_string(),
+            container_id.to_string(),
+        ),
+        ("K8S_POD_UID".to_string(), pod_uid.to_string()),
+    ];
+    args.extend(extra.iter().cloned());
+    args
+}
+
 /// A Pod's sandbox: its network namespace and what CNI did in it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sandbox {
@@ -379,17 +402,7 @@ impl Kubelet {
     }
 
     fn runtime(&self, sb: &Sandbox, d: &Delegate) -> RuntimeConf {
-        let mut args = vec![
-            ("IgnoreUnknown".to_string(), "1".to_string()),
-            ("K8S_POD_NAMESPACE".to_string(), sb.pod.namespace.clone()),
-            ("K8S_POD_NAME".to_string(), sb.pod.name.clone()),
-            (
-                "K8S_POD_INFRA_CONTAINER_ID".to_string(),
-                sb.container_id.clone(),
-            ),
-            ("K8S_POD_UID".to_string(), sb.pod_uid.clone()),
-        ];
-        args.extend(d.extra_args.iter().cloned());
+        let args = cni_args(&sb.pod, &sb.container_id, &sb.pod_uid, &d.extra_args);
         RuntimeConf {
             container_id: sb.container_id.clone(),
             netns_path: sb.netns_path.display().to_string(),

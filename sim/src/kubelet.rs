@@ -974,17 +974,8 @@ impl Worker {
     }
 
     fn call(&self, sb: &Sandbox, d: &Delegate, command: Command, config: Value) -> PluginCall {
-        let mut args = vec![
-            ("IgnoreUnknown".to_string(), "1".to_string()),
-            ("K8S_POD_NAMESPACE".to_string(), sb.pod.namespace.clone()),
-            ("K8S_POD_NAME".to_string(), sb.pod.name.clone()),
-            (
-                "K8S_POD_INFRA_CONTAINER_ID".to_string(),
-                sb.container_id.clone(),
-            ),
-            ("K8S_POD_UID".to_string(), sb.pod_uid.clone()),
-        ];
-        args.extend(d.extra_args.iter().cloned());
+        let args =
+            spur_hil::kubelet::cni_args(&sb.pod, &sb.container_id, &sb.pod_uid, &d.extra_args);
         PluginCall {
             command,
             container_id: sb.container_id.clone(),
