@@ -25,10 +25,10 @@
 
 pub mod error;
 pub mod ethtool;
-mod msg;
-mod netns;
-mod rtnl;
-mod sock;
+pub(crate) mod msg;
+pub(crate) mod netns;
+pub(crate) mod rtnl;
+pub(crate) mod sock;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

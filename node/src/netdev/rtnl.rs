@@ -86,7 +86,7 @@ impl RtNetlinkLinks {
 
     /// One request on the agent's connection: the data replies, or the
     /// kernel's error.
-    async fn host_request(
+    pub(crate) async fn host_request(
         &self,
         payload: RouteNetlinkMessage,
         flags: u16,
@@ -458,11 +458,11 @@ impl Drop for Pending {
     }
 }
 
-fn agent_err(op: &str, ifname: &str, e: NlError) -> NetdevError {
+pub(crate) fn agent_err(op: &str, ifname: &str, e: NlError) -> NetdevError {
     nl_err(op, Netns::Agent, ifname, e)
 }
 
-fn pod_err(op: &str, netns: &Path, ifname: &str, e: NlError) -> NetdevError {
+pub(crate) fn pod_err(op: &str, netns: &Path, ifname: &str, e: NlError) -> NetdevError {
     nl_err(op, Netns::pod(netns), ifname, e)
 }
 
@@ -489,7 +489,7 @@ fn nl_err(op: &str, netns: Netns, ifname: &str, e: NlError) -> NetdevError {
     }
 }
 
-fn route_socket(netns: &Path) -> Result<SyncSocket, NetdevError> {
+pub(crate) fn route_socket(netns: &Path) -> Result<SyncSocket, NetdevError> {
     SyncSocket::open(NETLINK_ROUTE).map_err(|errno| NetdevError::Socket {
         op: "open rtnetlink socket".into(),
         netns: Netns::pod(netns),
@@ -498,7 +498,7 @@ fn route_socket(netns: &Path) -> Result<SyncSocket, NetdevError> {
 }
 
 /// Looks a link up by name in the socket's netns: `None` when absent.
-fn get_link(
+pub(crate) fn get_link(
     rt: &mut SyncSocket,
     netns: &Path,
     ifname: &str,
@@ -524,7 +524,7 @@ fn get_link(
 
 /// What the create-time thread needs open inside the Pod netns before
 /// the pair exists.
-struct PodSockets {
+pub(crate) struct PodSockets {
     route: SyncSocket,
     /// Generic netlink, with the ethtool family resolved: only when TX
     /// checksum offload is to be turned off.
@@ -532,7 +532,7 @@ struct PodSockets {
 }
 
 impl PodSockets {
-    fn open(spec: &VethSpec) -> Result<PodSockets, NetdevError> {
+    pub(crate) fn open(spec: &VethSpec) -> Result<PodSockets, NetdevError> {
         let netns = spec.netns.as_path();
         let route = route_socket(netns)?;
         let genl = if spec.tx_checksum_off {
@@ -560,7 +560,7 @@ impl PodSockets {
 
 /// Step 3 of `create_veth`, on the thread inside the Pod netns: returns
 /// the Pod end's ifindex.
-fn configure_pod_end(spec: &VethSpec, socks: PodSockets) -> Result<u32, NetdevError> {
+pub(crate) fn configure_pod_end(spec: &VethSpec, socks: PodSockets) -> Result<u32, NetdevError> {
     let netns = spec.netns.as_path();
     let ifname = spec.ifname.as_str();
     let PodSockets {

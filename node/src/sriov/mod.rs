@@ -14,10 +14,13 @@
 //!   [`sysfs`]), the same type the SR-IOV decisions of `spur-core` use.
 //! - [`vf::VfLinks`]: setting a VF up through its PF, moving its netdev
 //!   into a Pod and back, with the VF's own restore record.
+//! - [`netlink::RtNetlinkVfs`]: [`vf::VfLinks`] over netlink (the PF's
+//!   `IFLA_VFINFO_LIST`, the netdev moved and configured in the Pod netns).
 //!
 //! What is not here yet: the netlink implementation of [`vf::VfLinks`] and
 //! its in-memory stand-in, and the agent's use of them (the agent refuses
 //! SR-IOV networks until then).
 
+pub mod netlink;
 pub mod sysfs;
 pub mod vf;
