@@ -15,9 +15,10 @@
 //! - [`vf::VfLinks`]: setting a VF up through its PF, moving its netdev
 //!   into a Pod and back, with the VF's own restore record.
 //!
-//! What is not here yet: the netlink implementation of [`vf::VfLinks`] and
-//! its in-memory stand-in, and the agent's use of them (the agent refuses
-//! SR-IOV networks until then).
+//! The in-memory stand-in of [`vf::VfLinks`] is `crate::fake::FakeLinks`;
+//! the agent's SR-IOV attach and detach are in `crate::agent` (an agent
+//! built without [`crate::agent::SriovBackends`] refuses SR-IOV networks,
+//! naming the node). What is not here yet: the netlink implementation.
 
 pub mod sysfs;
 pub mod vf;
