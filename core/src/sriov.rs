@@ -344,6 +344,10 @@ pub fn vf_plan(
 pub struct VfRecord {
     /// The netdev's name in the host namespace.
     pub name: String,
+    /// The VF's PCI address.
+    pub pci: PciAddress,
+    /// Its PF's netdev and the VF's index there (None on a VM node).
+    pub parent: Option<(String, u16)>,
     /// What the PF had set for the VF (all defaults on a VM node).
     pub pf: PfVfSettings,
 }
@@ -356,8 +360,13 @@ impl VfRecord {
     pub fn render(&self) -> String {
         let flag = |b: Option<bool>| b.map_or("-", on_off);
         format!(
-            "{RECORD_TAG} name={} mac={} vlan={} qos={} spoofchk={} trust={}",
+            "{RECORD_TAG} name={} pci={} pf={} vf={} mac={} vlan={} qos={} spoofchk={} trust={}",
             self.name,
+            self.pci,
+            self.parent.as_ref().map_or("-", |(pf, _)| pf.as_str()),
+            self.parent
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |(_, i)| i.to_string()),
             self.pf
                 .mac
                 .map_or_else(|| "-".to_string(), |m| m.to_string()),
@@ -399,11 +408,21 @@ impl VfRecord {
         };
         let vlan: u16 = fields.get("vlan")?.parse().ok()?;
         let qos: u8 = fields.get("qos")?.parse().ok()?;
-        if vlan > crate::nad::MAX_VLAN || qos > 7 || fields.len() != 6 {
+        if vlan > crate::nad::MAX_VLAN || qos > 7 || fields.len() != 9 {
             return None;
         }
+        let pci: PciAddress = fields.get("pci")?.parse().ok()?;
+        let parent = match (*fields.get("pf")?, *fields.get("vf")?) {
+            ("-", "-") => None,
+            (pf, vf) if crate::names::ifname_problem(pf).is_none() => {
+                Some((pf.to_string(), vf.parse().ok()?))
+            }
+            _ => return None,
+        };
         Some(VfRecord {
             name: name.to_string(),
+            pci,
+            parent,
             pf: PfVfSettings {
                 mac,
                 vlan,
@@ -615,6 +634,8 @@ mod tests {
     fn the_vf_record_reads_back_and_ignores_other_aliases() {
         let r = VfRecord {
             name: "ens1f0v1".into(),
+            pci: pci("0000:3b:02.1"),
+            parent: Some(("ens1f0".into(), 1)),
             pf: PfVfSettings {
                 mac: Some(mac("3a:1f:00:aa:bb:01")),
                 vlan: 0,
@@ -626,19 +647,22 @@ mod tests {
         let text = r.render();
         assert_eq!(
             text,
-            "spur-vf name=ens1f0v1 mac=3a:1f:00:aa:bb:01 vlan=0 qos=0 spoofchk=on trust=-"
+            "spur-vf name=ens1f0v1 pci=0000:3b:02.1 pf=ens1f0 vf=1 mac=3a:1f:00:aa:bb:01 vlan=0 \
+             qos=0 spoofchk=on trust=-"
         );
         assert_eq!(VfRecord::parse(&text), Some(r));
         for other in [
             "",
             "uplink to rack 7",
             "spur-vf",
-            "spur-vf name=a/b mac=- vlan=0 qos=0 spoofchk=- trust=-",
-            "spur-vf name=v1 mac=- vlan=5000 qos=0 spoofchk=- trust=-",
-            "spur-vf name=v1 mac=- vlan=0 qos=0 spoofchk=maybe trust=-",
-            "spur-vf name=v1 mac=- vlan=0 qos=0 spoofchk=- trust=- extra=1",
-            "spur-vf name=v1 name=v2 mac=- vlan=0 qos=0 spoofchk=- trust=-",
-            "spur-vf name=v1 mac=- vlan=0 qos=0 spoofchk=-",
+            "spur-vf name=a/b pci=0000:3b:02.1 pf=- vf=- mac=- vlan=0 qos=0 spoofchk=- trust=-",
+            "spur-vf name=v1 pci=0000:3b:02.1 pf=- vf=- mac=- vlan=5000 qos=0 spoofchk=- trust=-",
+            "spur-vf name=v1 pci=0000:3b:02.1 pf=- vf=- mac=- vlan=0 qos=0 spoofchk=maybe trust=-",
+            "spur-vf name=v1 pci=x pf=- vf=- mac=- vlan=0 qos=0 spoofchk=- trust=-",
+            "spur-vf name=v1 pci=0000:3b:02.1 pf=p0 vf=- mac=- vlan=0 qos=0 spoofchk=- trust=-",
+            "spur-vf name=v1 pci=0000:3b:02.1 pf=- vf=- mac=- vlan=0 qos=0 spoofchk=- trust=- x=1",
+            "spur-vf name=v1 name=v2 pci=0000:3b:02.1 pf=- vf=- mac=- vlan=0 qos=0 spoofchk=- trust=-",
+            "spur-vf name=v1 pci=0000:3b:02.1 pf=- vf=- mac=- vlan=0 qos=0 spoofchk=-",
         ] {
             assert_eq!(VfRecord::parse(other), None, "{other:?}");
         }
@@ -656,6 +680,8 @@ mod tests {
         ) {
             let r = VfRecord {
                 name,
+                pci: PciAddress::from_str(&format!("0000:3b:{:02x}.{}", vlan % 32, qos)).unwrap(),
+                parent: (vlan % 2 == 0).then(|| ("ens1f0".to_string(), qos.into())),
                 pf: PfVfSettings { mac: m.map(Mac), vlan, qos, spoofchk, trust },
             };
             prop_assert_eq!(VfRecord::parse(&r.render()), Some(r));

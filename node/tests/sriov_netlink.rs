@@ -173,6 +173,8 @@ const MAC: [u8; 6] = [0x02, 0x5a, 0x01, 0x02, 0x03, 0x04];
 fn record(name: &str) -> VfRecord {
     VfRecord {
         name: name.to_owned(),
+        pci: "0000:3b:02.1".parse().unwrap(),
+        parent: Some(("ens1f0".into(), 1)),
         pf: PfVfSettings {
             mac: Some(Mac([0x02, 0, 0, 0, 0, 9])),
             vlan: 100,
@@ -294,6 +296,8 @@ async fn attach_configures_and_detach_brings_it_home() {
     assert!(got.addresses.contains(&net("10.78.0.5/24")));
     assert!(got.addresses.contains(&net("fd00:78::5/64")));
     assert_eq!(agent.vfs.inspect_vf(&pod.path, "eth9").await.unwrap(), None);
+    // The Pod's VFs (what a DEL gives back): only Spur's.
+    assert_eq!(agent.vfs.pod_vfs(&pod.path).await.unwrap(), ["eth1"]);
 
     // Detach: home under its own name, alias cleared, addresses gone.
     let back = agent.vfs.detach_vf(&pod.path, "eth1").await.unwrap();
@@ -304,6 +308,9 @@ async fn attach_configures_and_detach_brings_it_home() {
 
     // Again: nothing there any more.
     assert_eq!(agent.vfs.detach_vf(&pod.path, "eth1").await.unwrap(), None);
+    assert!(agent.vfs.pod_vfs(&pod.path).await.unwrap().is_empty());
+    let gone = std::path::Path::new("/var/run/netns/spur-test-no-such-netns");
+    assert!(agent.vfs.pod_vfs(gone).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -21,8 +21,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use spur_core::attach::{
-    host_port_name, interface_config, plan_ipam, plan_native, plan_single, AttachError, Element,
-    InterfaceConfig, NetworkPlan, PodView,
+    host_port_name, interface_config, plan_ipam, plan_native, plan_single, AttachError, Datapath,
+    Element, InterfaceConfig, NetworkPlan, PodView, VfSource,
 };
 use spur_core::cni::{CniVersion, ErrorCode};
 use spur_core::cniproto::{
@@ -33,8 +33,12 @@ use spur_core::ipamreq::{ipam_result, IpConfig, PoolAddress};
 use spur_core::nad::{classify, NetworkKind, SpurIpamConfig, SpurNetworkConfig};
 use spur_core::names::Mac;
 use spur_core::selection::RequestedIp;
+use spur_core::sriov::{
+    assign_devices, vf_plan, PciAddress, PfVfSettings, VfLocation, VfRecord, Wanted,
+};
 use spur_core::status::{self, NetworkStatus};
 use spur_core::Subject;
+use std::collections::BTreeMap;
 
 use super::{port_external_ids, port_keys, Agent};
 use crate::ipam::{AllocateRequest, Allocated, IpamError};
@@ -80,13 +84,29 @@ enum Undo {
         bridge: String,
         port: String,
     },
+    /// A VF moved into the Pod: moved back.
+    Vf {
+        netns: PathBuf,
+        ifname: String,
+    },
+    /// What a PF set for a VF: set back.
+    PfSettings {
+        pf: String,
+        index: u16,
+        restore: PfVfSettings,
+    },
 }
+
+/// One interface an ADD created (the device of an SR-IOV one).
+type Devices = BTreeMap<String, PciAddress>;
 
 /// One interface an ADD created.
 #[derive(Debug)]
 struct Attached {
     plan: NetworkPlan,
     config: InterfaceConfig,
+    /// The VF of an SR-IOV interface.
+    device: Option<PciAddress>,
 }
 
 struct Call {
@@ -222,7 +242,8 @@ impl Agent {
             Role::Native { conf_name } => {
                 let nads = |ns: &str, n: &str| self.cluster.nad(ns, n);
                 let plans = plan_native(&view, &nads, &pools, &bridges).map_err(attach_error)?;
-                let (attached, undo) = self.attach_all(&c, plans).await?;
+                let devices = self.sriov_devices(&c, &plans).await?;
+                let (attached, undo) = self.attach_all(&c, plans, &devices).await?;
                 let prev = prev_result(&req.config)?;
                 let ours = result_of(req.cni_version, &c.netns, &attached);
                 let result = match &prev {
@@ -256,7 +277,15 @@ impl Agent {
                 let element = element_from_runtime(&req.config, &c.ifname)?;
                 let plan = plan_single(&view, &network, &cfg, &element, &pools, &bridges)
                     .map_err(attach_error)?;
-                let (attached, _) = self.attach_all(&c, vec![plan]).await?;
+                let mut devices = Devices::new();
+                if let Datapath::Sriov {
+                    device: VfSource::Device(pci),
+                    ..
+                } = &plan.datapath
+                {
+                    devices.insert(plan.ifname.clone(), *pci);
+                }
+                let (attached, _) = self.attach_all(&c, vec![plan], &devices).await?;
                 Ok(result_of(req.cni_version, &c.netns, &attached).render(req.cni_version))
             }
             Role::Ipam(ipam, name) => {
@@ -299,12 +328,22 @@ impl Agent {
         &self,
         c: &Call,
         plans: Vec<NetworkPlan>,
+        devices: &Devices,
     ) -> Result<(Vec<Attached>, Vec<Undo>), CniError> {
         let mut undo = Vec::new();
         let mut attached = Vec::with_capacity(plans.len());
         for plan in plans {
-            match self.attach_one(c, &plan, &mut undo).await {
-                Ok(config) => attached.push(Attached { plan, config }),
+            let device = devices.get(&plan.ifname).copied();
+            let done = match device {
+                Some(pci) => self.attach_vf(c, &plan, pci, &mut undo).await,
+                None => self.attach_one(c, &plan, &mut undo).await,
+            };
+            match done {
+                Ok(config) => attached.push(Attached {
+                    plan,
+                    config,
+                    device,
+                }),
                 Err(e) => {
                     self.undo(undo).await;
                     return Err(e);
@@ -321,14 +360,12 @@ impl Agent {
         undo: &mut Vec<Undo>,
     ) -> Result<InterfaceConfig, CniError> {
         let Some(bridge) = plan.bridge() else {
-            return Err(CniError::new(
-                ErrorCode::InvalidConfig,
-                format!(
-                    "network {}: spur-agent on node {} does not attach SR-IOV networks yet",
-                    plan.network,
-                    self.node()
-                ),
-            ));
+            // SR-IOV plans go to attach_vf with their device; one without
+            // a device is a planning bug, refused rather than guessed.
+            return Err(CniError::io(format!(
+                "network {}: no VF was chosen for interface {}",
+                plan.network, plan.ifname
+            )));
         };
         // A repeated ADD of an attachment that exists must not touch it
         // (undoing would release the live interface's address): refuse it
@@ -425,6 +462,225 @@ impl Agent {
         Ok(config)
     }
 
+    /// The VF of each SR-IOV interface of a native ADD: the devices the
+    /// kubelet assigned the Pod, paired with its interfaces (spur-core's
+    /// `assign_devices`). Empty when the Pod has no SR-IOV network.
+    async fn sriov_devices(&self, c: &Call, plans: &[NetworkPlan]) -> Result<Devices, CniError> {
+        let mut wanted = Vec::new();
+        let mut out = Devices::new();
+        for p in plans {
+            match &p.datapath {
+                Datapath::Sriov {
+                    device: VfSource::Resource(r),
+                    ..
+                } => wanted.push(Wanted {
+                    ifname: p.ifname.clone(),
+                    network: p.network.clone(),
+                    resource: r.clone(),
+                }),
+                Datapath::Sriov {
+                    device: VfSource::Device(pci),
+                    ..
+                } => {
+                    out.insert(p.ifname.clone(), *pci);
+                }
+                Datapath::Vlan { .. } => {}
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let backends = self.sriov_backends(&wanted[0].network)?;
+        let devices = backends
+            .pod_resources
+            .devices(&c.pod.namespace, &c.pod.name)
+            .await
+            .map_err(|e| CniError::try_again_later(format!("SR-IOV devices: {e}")))?;
+        let pod = format!("{}/{}", c.pod.namespace, c.pod.name);
+        let assigned = assign_devices(&pod, &wanted, &devices)
+            .map_err(|e| CniError::invalid_config(e.to_string()))?;
+        out.extend(assigned);
+        Ok(out)
+    }
+
+    fn sriov_backends(&self, network: &str) -> Result<&super::SriovBackends, CniError> {
+        self.sriov.as_ref().ok_or_else(|| {
+            CniError::invalid_config(format!(
+                "network {network}: spur-agent on node {} is not set up for SR-IOV",
+                self.node()
+            ))
+        })
+    }
+
+    /// Attaches the VF `pci` as the plan's interface: addresses from IPAM,
+    /// the PF's settings (bare metal), the netdev moved into the Pod and
+    /// configured; every step recorded in `undo`.
+    async fn attach_vf(
+        &self,
+        c: &Call,
+        plan: &NetworkPlan,
+        pci: PciAddress,
+        undo: &mut Vec<Undo>,
+    ) -> Result<InterfaceConfig, CniError> {
+        let b = self.sriov_backends(&plan.network)?;
+        let Datapath::Sriov { vf, .. } = &plan.datapath else {
+            return Err(CniError::invalid_config(format!(
+                "network {}: not an SR-IOV network",
+                plan.network
+            )));
+        };
+        let dev = b
+            .sysfs
+            .vf(&pci.to_string())
+            .map_err(|e| CniError::io(format!("network {}: {e}", plan.network)))?;
+        let Some(netdev) = dev.netdev.clone() else {
+            return Err(CniError::io(format!(
+                "network {}: VF {pci} on node {} has no network interface in the host namespace \
+                 (bound to a userspace driver, or still in another Pod's namespace)",
+                plan.network,
+                self.node()
+            )));
+        };
+        let parent = match &dev.pf {
+            Some(p) => {
+                let Some(pf) = p.netdev.clone() else {
+                    return Err(CniError::io(format!(
+                        "network {}: the PF {} of VF {pci} has no network interface on node {}",
+                        plan.network,
+                        p.pci,
+                        self.node()
+                    )));
+                };
+                let index = u16::try_from(p.index).map_err(|_| {
+                    CniError::io(format!(
+                        "network {}: VF index {} of {pf}",
+                        plan.network, p.index
+                    ))
+                })?;
+                Some((pf, index))
+            }
+            None => None,
+        };
+        let owner = Owner::pod(&c.pod.namespace, &c.pod.name, &c.container_id, &plan.ifname)
+            .with_pod_uid(&c.pod_uid);
+        let allocated = if plan.pools.is_empty() {
+            Vec::new()
+        } else {
+            let mut r = AllocateRequest::new(self.node(), owner.clone(), &plan.pools);
+            r.addresses = plan.requested_ips.clone();
+            let a = self
+                .ipam
+                .allocate(&r)
+                .await
+                .map_err(|e| ipam_error(&plan.network, e))?;
+            undo.push(Undo::Allocation(owner.key(), a.clone()));
+            a
+        };
+        let config = interface_config(plan, &pool_addresses(&allocated), &c.container_id)
+            .map_err(attach_error)?;
+        let at = VfLocation {
+            pci,
+            pf: parent.clone(),
+        };
+        let vp = vf_plan(
+            &plan.network,
+            self.node(),
+            &at,
+            plan.vlan(),
+            vf,
+            plan.mac,
+            config.mac,
+        )
+        .map_err(|e| CniError::invalid_config(e.to_string()))?;
+        let before = match &parent {
+            Some((pf, index)) => b
+                .vfs
+                .pf_settings(pf, *index)
+                .await
+                .map_err(|e| CniError::io(format!("network {}: {e}", plan.network)))?,
+            None => PfVfSettings::default(),
+        };
+        if let Some(set) = &vp.through_pf {
+            let done = b.vfs.set_pf_settings(&set.pf, set.index, &set.set).await;
+            // Recorded before the answer: the PF may have taken part of it.
+            undo.push(Undo::PfSettings {
+                pf: set.pf.clone(),
+                index: set.index,
+                restore: before,
+            });
+            done.map_err(|e| CniError::io(format!("network {}: {e}", plan.network)))?;
+        }
+        let spec = crate::sriov::vf::VfAttachSpec {
+            netdev: netdev.clone(),
+            record: VfRecord {
+                name: netdev,
+                pci,
+                parent,
+                pf: before,
+            },
+            netns: PathBuf::from(&c.netns),
+            ifname: plan.ifname.clone(),
+            mtu: u32::from(plan.mtu),
+            mac: vp.netdev_mac,
+            addresses: config.ips.iter().map(|i| i.address).collect(),
+            routes: config
+                .routes
+                .iter()
+                .map(|r| RouteSpec {
+                    dst: r.dst,
+                    gw: r.gw,
+                })
+                .collect(),
+            announce: true,
+        };
+        b.vfs.attach_vf(&spec).await.map_err(|e| {
+            CniError::new(
+                if e.is_exists() {
+                    ErrorCode::InvalidConfig
+                } else {
+                    ErrorCode::Io
+                },
+                format!("network {}: VF {pci}: {e}", plan.network),
+            )
+        })?;
+        undo.push(Undo::Vf {
+            netns: spec.netns.clone(),
+            ifname: spec.ifname.clone(),
+        });
+        Ok(config)
+    }
+
+    /// Gives back the VFs of the Pod namespace `netns` (of `only`
+    /// interface, or all): each moved home under its recorded name, its
+    /// PF's settings restored from the record.
+    async fn release_vfs(&self, netns: &std::path::Path, only: Option<&str>) -> Vec<String> {
+        let Some(b) = &self.sriov else {
+            return Vec::new();
+        };
+        let mut errors = Vec::new();
+        let names = match b.vfs.pod_vfs(netns).await {
+            Ok(n) => n,
+            Err(e) => return vec![format!("listing the VFs of {}: {e}", netns.display())],
+        };
+        for ifname in names
+            .iter()
+            .filter(|n| only.is_none_or(|o| o == n.as_str()))
+        {
+            match b.vfs.detach_vf(netns, ifname).await {
+                Ok(Some(record)) => {
+                    if let Some((pf, index)) = &record.parent {
+                        if let Err(e) = b.vfs.set_pf_settings(pf, *index, &record.pf).await {
+                            errors.push(format!("restoring VF {index} of {pf}: {e}"));
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(format!("giving back VF {ifname}: {e}")),
+            }
+        }
+        errors
+    }
+
     async fn undo(&self, steps: Vec<Undo>) {
         for step in steps.into_iter().rev() {
             let res = match &step {
@@ -440,6 +696,23 @@ impl Agent {
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
+                Undo::Vf { netns, ifname } => match &self.sriov {
+                    Some(b) => b
+                        .vfs
+                        .detach_vf(netns, ifname)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    None => Ok(()),
+                },
+                Undo::PfSettings { pf, index, restore } => match &self.sriov {
+                    Some(b) => b
+                        .vfs
+                        .set_pf_settings(pf, *index, restore)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => Ok(()),
+                },
                 Undo::Allocation(key, allocated) => self
                     .ipam
                     .undo(key, allocated)
@@ -483,6 +756,7 @@ impl Agent {
             }
             ifnames.insert(ifname);
         }
+        errors.extend(self.release_vfs(std::path::Path::new(&c.netns), only).await);
         let owners = self.container_owners(c, only);
         ifnames.extend(owners.iter().map(|k| owner_ifname(k).to_string()));
         if let Some(o) = only {
@@ -795,6 +1069,9 @@ fn network_status(
             .filter_map(|i| i.gateway)
             .collect::<Vec<IpAddr>>();
         entry.dns = status_dns(&a.config.dns);
+        entry.device_info = a
+            .device
+            .map(|pci| spur_core::status::DeviceInfo::pci(pci.to_string()));
         out.push(entry);
     }
     out

@@ -100,6 +100,19 @@ pub struct Agent {
     bridges_ready: AtomicBool,
     bridge_error: RwLock<Option<String>>,
     metrics: Arc<metrics::AgentMetrics>,
+    sriov: Option<SriovBackends>,
+}
+
+/// What the agent needs for SR-IOV networks: the node's sysfs, the
+/// kubelet's record of Pods' devices, and the VF operations.
+#[derive(Clone)]
+pub struct SriovBackends {
+    /// Where VFs are found.
+    pub sysfs: crate::sriov::sysfs::Sysfs,
+    /// Which devices each Pod got (native mode).
+    pub pod_resources: Arc<dyn crate::podresources::PodResources>,
+    /// Moving and configuring VFs.
+    pub vfs: Arc<dyn crate::sriov::vf::VfLinks>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -130,7 +143,15 @@ impl Agent {
             bridges_ready: AtomicBool::new(false),
             bridge_error: RwLock::new(None),
             metrics: Arc::new(metrics::AgentMetrics::new()),
+            sriov: None,
         }
+    }
+
+    /// The agent serving SR-IOV networks over `backends` (without them it
+    /// refuses SR-IOV networks, naming the node).
+    pub fn with_sriov(mut self, backends: SriovBackends) -> Agent {
+        self.sriov = Some(backends);
+        self
     }
 
     /// The agent with `metrics` in place of its own (e.g. a registry

@@ -208,6 +208,18 @@ pub struct FakeLinks {
     hook: HookSlot,
 }
 
+/// What a PF's driver sets for a fresh VF: no MAC, untagged, spoof check
+/// on, not trusted (as Linux drivers report them).
+fn driver_defaults() -> PfVfSettings {
+    PfVfSettings {
+        mac: None,
+        vlan: 0,
+        qos: 0,
+        spoofchk: Some(true),
+        trust: Some(false),
+    }
+}
+
 fn kernel(op: &str, netns: Netns, ifname: &str, errno: Errno) -> NetdevError {
     NetdevError::Kernel {
         op: op.to_string(),
@@ -298,7 +310,7 @@ impl FakeLinks {
             s.vf_home(&name, vf);
         }
         for set in s.pf_vfs.values_mut() {
-            *set = PfVfSettings::default();
+            *set = driver_defaults();
         }
     }
 
@@ -321,8 +333,7 @@ impl FakeLinks {
             },
         );
         if let Some((pf, i)) = pf {
-            s.pf_vfs
-                .insert((pf.to_string(), i), PfVfSettings::default());
+            s.pf_vfs.insert((pf.to_string(), i), driver_defaults());
         }
     }
 
@@ -910,6 +921,26 @@ impl VfLinks for FakeLinks {
             };
             s.vf_home(&record.name, vf);
             Ok(Some(record))
+        })
+    }
+
+    fn pod_vfs<'a>(&'a self, netns: &'a Path) -> BoxFuture<'a, Result<Vec<String>, NetdevError>> {
+        Box::pin(async move {
+            self.point(&self.vf_point(Op::InspectVf, Some(netns), ""))
+                .await?;
+            let s = self.lock();
+            Ok(s.netns
+                .get(netns)
+                .map(|links| {
+                    links
+                        .iter()
+                        .filter(|(_, l)| {
+                            matches!(&l.kind, LinkKind::Vf { alias, .. } if VfRecord::parse(alias).is_some())
+                        })
+                        .map(|(n, _)| n.clone())
+                        .collect()
+                })
+                .unwrap_or_default())
         })
     }
 

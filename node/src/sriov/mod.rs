@@ -17,9 +17,10 @@
 //! - [`netlink::RtNetlinkVfs`]: [`vf::VfLinks`] over netlink (the PF's
 //!   `IFLA_VFINFO_LIST`, the netdev moved and configured in the Pod netns).
 //!
-//! What is not here yet: the netlink implementation of [`vf::VfLinks`] and
-//! its in-memory stand-in, and the agent's use of them (the agent refuses
-//! SR-IOV networks until then).
+//! The in-memory stand-in of [`vf::VfLinks`] is `crate::fake::FakeLinks`;
+//! the agent's SR-IOV attach and detach are in `crate::agent` (an agent
+//! built without [`crate::agent::SriovBackends`] refuses SR-IOV networks,
+//! naming the node).
 
 pub mod netlink;
 pub mod sysfs;

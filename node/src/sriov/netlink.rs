@@ -82,6 +82,7 @@ const OP_CHECK: &str = "check the VF's name in the Pod";
 const OP_CONFIGURE: &str = "configure the VF in the Pod";
 const OP_DETACH: &str = "detach the VF from the Pod";
 const OP_INSPECT: &str = "inspect the VF in the Pod";
+const OP_LIST: &str = "list the VFs in the Pod";
 /// A placeholder MAC for the [`VethSpec`] handed to the veth's Pod-end
 /// code, which never reads it (the VF's MAC is set separately).
 const UNUSED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
@@ -489,7 +490,51 @@ impl RtNetlinkVfs {
     }
 }
 
+impl RtNetlinkVfs {
+    async fn list(&self, netns_path: &Path) -> Result<Vec<String>, NetdevError> {
+        let ns = match netns::open(netns_path) {
+            Ok(ns) => ns,
+            Err(NetdevError::NetnsNotFound { .. } | NetdevError::NotANetns { .. }) => {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(e),
+        };
+        let path = netns_path.to_owned();
+        netns::run_in(netns_path, ns, OP_LIST, move || {
+            let mut rt = route_socket(&path)?;
+            let replies = rt
+                .request(
+                    RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                    NLM_F_DUMP,
+                )
+                .map_err(|e| pod_err("list links", &path, "", e))?;
+            let mut out = Vec::new();
+            for m in replies {
+                let RouteNetlinkMessage::NewLink(link) = m else {
+                    continue;
+                };
+                if alias_of(&link).and_then(VfRecord::parse).is_none() {
+                    continue;
+                }
+                if let Some(name) = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                }) {
+                    out.push(name);
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+}
+
 impl VfLinks for RtNetlinkVfs {
+    fn pod_vfs<'a>(&'a self, netns: &'a Path) -> BoxFuture<'a, Result<Vec<String>, NetdevError>> {
+        Box::pin(self.list(netns))
+    }
+
     fn pf_settings<'a>(
         &'a self,
         pf: &'a str,
@@ -1042,6 +1087,8 @@ mod tests {
             netdev: "ens1f0v1".into(),
             record: VfRecord {
                 name: "ens1f0v1".into(),
+                pci: "0000:3b:02.1".parse().unwrap(),
+                parent: Some(("ens1f0".into(), 1)),
                 pf: PfVfSettings::default(),
             },
             netns: "/var/run/netns/p".into(),

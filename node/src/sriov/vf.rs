@@ -103,6 +103,10 @@ pub trait VfLinks: Send + Sync {
         ifname: &'a str,
     ) -> BoxFuture<'a, Result<Option<VfRecord>, NetdevError>>;
 
+    /// The interfaces of the Pod's namespace that are VFs carrying a Spur
+    /// record (what a DEL gives back). Empty when the namespace is gone.
+    fn pod_vfs<'a>(&'a self, netns: &'a Path) -> BoxFuture<'a, Result<Vec<String>, NetdevError>>;
+
     /// The VF `ifname` in the Pod's namespace, for CNI CHECK and restart
     /// recovery (`None` when absent).
     fn inspect_vf<'a>(
