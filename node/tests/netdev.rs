@@ -20,134 +20,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
-use std::fs::File;
+mod kernel;
+
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use nix::sched::{setns, CloneFlags};
+use kernel::{in_netns, run, unique, TestNs};
 use nix::sys::socket::{
     recv, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType,
 };
 use nix::sys::time::TimeVal;
-use serde_json::Value;
 use spur_node::netdev::{NetdevError, PodLinks, RouteSpec, RtNetlinkLinks, VethSpec};
 
 // ---------------------------------------------------------------------------
 // Environment
 
-/// Why these tests cannot run here, if they cannot.
-fn unavailable() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root".into());
-    }
-    for (tool, version) in [("ip", "-V"), ("ethtool", "--version"), ("ping", "-V")] {
-        let found = Command::new(tool)
-            .arg(version)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("`{tool}` is not installed"));
-        }
-    }
-    None
-}
-
-macro_rules! require_env {
-    () => {
-        if let Some(why) = unavailable() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A short name unique in this process run (`prefix` + pid + counter),
-/// within the 15 characters of an interface name.
-fn unique(prefix: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = format!("{prefix}{}x{n}", std::process::id() % 100_000);
-    assert!(name.len() <= 15, "{name}");
-    name
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A network namespace made with `ip netns add`, deleted on drop.
-struct TestNs {
-    name: String,
-    path: PathBuf,
-}
-
-impl TestNs {
-    fn new() -> TestNs {
-        let name = unique("spt");
-        run(&["ip", "netns", "add", &name]);
-        let path = PathBuf::from(format!("/var/run/netns/{name}"));
-        assert!(
-            path.exists(),
-            "{} missing after ip netns add",
-            path.display()
-        );
-        TestNs { name, path }
-    }
-
-    /// `ip -n NS -j ARGS...` as JSON.
-    fn ip_json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["ip", "-n", &self.name, "-j"];
-        all.extend_from_slice(args);
-        let out = run(&all);
-        if out.trim().is_empty() {
-            return Value::Array(vec![]);
-        }
-        serde_json::from_str(&out).unwrap()
-    }
-
-    /// Names of the links in the netns.
-    fn links(&self) -> Vec<String> {
-        self.ip_json(&["link", "show"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["ifname"].as_str().unwrap().to_owned())
-            .collect()
-    }
-
-    fn exec(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn delete(&self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        self.delete();
-    }
-}
+/// What these tests run besides netlink.
+const TOOLS: &[(&str, &str)] = &[("ip", "-V"), ("ethtool", "--version"), ("ping", "-V")];
 
 /// The agent side: a netns standing for the agent's own and a
 /// connection opened inside it.
@@ -158,26 +49,12 @@ struct Agent {
 
 impl Agent {
     async fn new() -> Agent {
-        let ns = TestNs::new();
+        let ns = TestNs::new("spt");
         let links = in_netns(&ns.path, || {
             futures::executor::block_on(RtNetlinkLinks::new()).unwrap()
         });
         Agent { ns, links }
     }
-}
-
-/// Runs `f` on a thread that entered the netns at `path` (with the
-/// calling runtime's context, so sockets register with it).
-fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let rt = tokio::runtime::Handle::current();
-    let path = path.to_owned();
-    std::thread::spawn(move || {
-        let _enter = rt.enter();
-        setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 /// Polls `cond` until it holds or `timeout` passes.
@@ -292,9 +169,9 @@ fn is_unsolicited_na(f: &[u8], mac: [u8; 6], ip: [u8; 16]) -> bool {
 
 #[tokio::test]
 async fn create_configures_both_ends() {
-    require_env!();
+    require_env!(TOOLS);
     let agent = Agent::new().await;
-    let pod = TestNs::new();
+    let pod = TestNs::new("spt");
     let host = unique("h");
     let s = spec(&host, &pod, 5);
     let capture = Capture::open(&agent.ns);
@@ -439,9 +316,9 @@ async fn create_configures_both_ends() {
 
 #[tokio::test]
 async fn ping_between_two_pods_through_a_bridge() {
-    require_env!();
+    require_env!(TOOLS);
     let agent = Agent::new().await;
-    let (p1, p2) = (TestNs::new(), TestNs::new());
+    let (p1, p2) = (TestNs::new("spt"), TestNs::new("spt"));
     let (h1, h2) = (unique("h"), unique("h"));
     agent.links.create_veth(&spec(&h1, &p1, 1)).await.unwrap();
     agent.links.create_veth(&spec(&h2, &p2, 2)).await.unwrap();
@@ -468,9 +345,9 @@ async fn ping_between_two_pods_through_a_bridge() {
 
 #[tokio::test]
 async fn existing_names_fail_distinctly_and_leak_nothing() {
-    require_env!();
+    require_env!(TOOLS);
     let agent = Agent::new().await;
-    let pod = TestNs::new();
+    let pod = TestNs::new("spt");
     let h1 = unique("h");
     let created = agent.links.create_veth(&spec(&h1, &pod, 1)).await.unwrap();
 
@@ -490,7 +367,7 @@ async fn existing_names_fail_distinctly_and_leak_nothing() {
     assert!(!agent.ns.links().contains(&h2));
 
     // The host name taken, in another Pod netns.
-    let other = TestNs::new();
+    let other = TestNs::new("spt");
     let e = agent
         .links
         .create_veth(&spec(&h1, &other, 3))
@@ -519,9 +396,9 @@ async fn existing_names_fail_distinctly_and_leak_nothing() {
 
 #[tokio::test]
 async fn missing_or_bogus_netns_fails_and_leaks_nothing() {
-    require_env!();
+    require_env!(TOOLS);
     let agent = Agent::new().await;
-    let gone = TestNs::new();
+    let gone = TestNs::new("spt");
     gone.delete();
     let host = unique("h");
     let e = agent
@@ -550,9 +427,9 @@ async fn missing_or_bogus_netns_fails_and_leaks_nothing() {
 
 #[tokio::test]
 async fn failure_midway_deletes_the_pair() {
-    require_env!();
+    require_env!(TOOLS);
     let agent = Agent::new().await;
-    let pod = TestNs::new();
+    let pod = TestNs::new("spt");
     let host = unique("h");
     let mut s = spec(&host, &pod, 1);
     // A gateway on no connected network: the kernel refuses the route,
@@ -582,9 +459,9 @@ async fn failure_midway_deletes_the_pair() {
 
 #[tokio::test]
 async fn delete_host_link_is_idempotent() {
-    require_env!();
+    require_env!(TOOLS);
     let agent = Agent::new().await;
-    let pod = TestNs::new();
+    let pod = TestNs::new("spt");
     let host = unique("h");
     agent
         .links
@@ -609,9 +486,9 @@ async fn delete_host_link_is_idempotent() {
 
 #[tokio::test]
 async fn delete_pod_link_is_idempotent_also_without_netns() {
-    require_env!();
+    require_env!(TOOLS);
     let agent = Agent::new().await;
-    let pod = TestNs::new();
+    let pod = TestNs::new("spt");
     let host = unique("h");
     agent
         .links
@@ -666,9 +543,9 @@ async fn delete_pod_link_is_idempotent_also_without_netns() {
 
 #[tokio::test]
 async fn inspect_absent_link_and_invalid_names() {
-    require_env!();
+    require_env!(TOOLS);
     let agent = Agent::new().await;
-    let pod = TestNs::new();
+    let pod = TestNs::new("spt");
     assert!(agent
         .links
         .inspect_pod_link(&pod.path, "eth1")
@@ -706,9 +583,9 @@ async fn inspect_absent_link_and_invalid_names() {
 
 #[tokio::test]
 async fn abandoned_create_leaves_nothing_behind() {
-    require_env!();
+    require_env!(TOOLS);
     let agent = Agent::new().await;
-    let pod = TestNs::new();
+    let pod = TestNs::new("spt");
     // Give up on create_veth after various delays: before it started, while
     // the pair is being made, while it is configured, or after it is done.
     let mut abandoned = 0;
@@ -747,7 +624,7 @@ async fn abandoned_create_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn host_addresses_of_a_nic_in_the_agents_netns() {
-    require_env!();
+    require_env!(TOOLS);
     let agent = Agent::new().await;
     let nic = unique("n");
     let out = agent.ns.exec(&[

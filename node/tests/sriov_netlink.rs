@@ -20,124 +20,44 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+mod kernel;
+
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use ipnet::IpNet;
-use nix::sched::{setns, CloneFlags};
+use kernel::{in_netns, unique, TestNs};
 use serde_json::Value;
 use spur_core::names::Mac;
 use spur_node::netdev::{NetdevError, RouteSpec};
 use spur_node::sriov::netlink::RtNetlinkVfs;
 use spur_node::sriov::vf::{PfVfSettings, VfAttachSpec, VfLinks, VfRecord};
 
-fn unavailable() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root".into());
-    }
-    let found = Command::new("ip")
-        .arg("-V")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    (!found).then(|| "`ip` is not installed".into())
-}
-
-macro_rules! require_env {
-    () => {
-        if let Some(why) = unavailable() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn unique(prefix: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = format!("{prefix}{}x{n}", std::process::id() % 100_000);
-    assert!(name.len() <= 15, "{name}");
-    name
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A network namespace made with `ip netns add`, deleted on drop.
-struct TestNs {
-    name: String,
-    path: PathBuf,
-}
-
-impl TestNs {
-    fn new() -> TestNs {
-        let name = unique("svt");
-        run(&["ip", "netns", "add", &name]);
-        let path = PathBuf::from(format!("/var/run/netns/{name}"));
-        assert!(path.exists());
-        TestNs { name, path }
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["ip", "-n", &self.name];
-        all.extend_from_slice(args);
-        run(&all)
-    }
-
-    fn ip_json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["ip", "-n", &self.name, "-j"];
-        all.extend_from_slice(args);
-        let out = run(&all);
-        if out.trim().is_empty() {
-            return Value::Array(vec![]);
-        }
-        serde_json::from_str(&out).unwrap()
-    }
-
-    fn links(&self) -> Vec<String> {
-        self.ip_json(&["link", "show"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["ifname"].as_str().unwrap().to_owned())
-            .collect()
-    }
-
+/// The kernel's interfaces beside what `TestNs` offers.
+trait NsExt {
     /// `ip -j addr show dev NAME`, the one entry.
+    fn link(&self, name: &str) -> Value;
+    /// The alias of `name` (`ip addr` does not show it, `ip link` does).
+    fn alias(&self, name: &str) -> Option<String>;
+    /// A stand-in netdev `name`: one end of a veth pair (this kernel may
+    /// have no `dummy` driver), its peer under a unique name beside it.
+    fn stand_in(&self, name: &str);
+}
+
+impl NsExt for TestNs {
     fn link(&self, name: &str) -> Value {
         self.ip_json(&["addr", "show", "dev", name])[0].clone()
     }
 
-    /// The alias of `name` (`ip addr` does not show it, `ip link` does).
     fn alias(&self, name: &str) -> Option<String> {
         self.ip_json(&["link", "show", "dev", name])[0]
             .get("ifalias")
             .map(|a| a.as_str().unwrap().to_owned())
     }
 
-    /// A stand-in netdev `name`: one end of a veth pair (this kernel may
-    /// have no `dummy` driver), its peer under a unique name beside it.
     fn stand_in(&self, name: &str) {
         let peer = unique("p");
         self.ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
     }
 }
 
@@ -150,16 +70,10 @@ struct Agent {
 
 impl Agent {
     async fn new() -> Agent {
-        let ns = TestNs::new();
-        let rt = tokio::runtime::Handle::current();
-        let path = ns.path.clone();
-        let vfs = std::thread::spawn(move || {
-            let _enter = rt.enter();
-            setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
+        let ns = TestNs::new("svt");
+        let vfs = in_netns(&ns.path, || {
             futures::executor::block_on(RtNetlinkVfs::new()).unwrap()
-        })
-        .join()
-        .unwrap();
+        });
         Agent { ns, vfs }
     }
 }
@@ -246,9 +160,9 @@ fn assert_home(agent: &Agent, name: &str, mtu: u64) {
 
 #[tokio::test]
 async fn attach_configures_and_detach_brings_it_home() {
-    require_env!();
+    require_env!(&[("ip", "-V")]);
     let agent = Agent::new().await;
-    let pod = TestNs::new();
+    let pod = TestNs::new("svt");
     let vf = unique("vf");
     agent.ns.stand_in(&vf);
     // The Pod's name exists in the agent's netns: it must not matter.
@@ -315,9 +229,9 @@ async fn attach_configures_and_detach_brings_it_home() {
 
 #[tokio::test]
 async fn attach_into_a_taken_name_touches_nothing() {
-    require_env!();
+    require_env!(&[("ip", "-V")]);
     let agent = Agent::new().await;
-    let pod = TestNs::new();
+    let pod = TestNs::new("svt");
     let vf = unique("vf");
     agent.ns.stand_in(&vf);
     pod.stand_in("eth1");
@@ -332,9 +246,9 @@ async fn attach_into_a_taken_name_touches_nothing() {
 
 #[tokio::test]
 async fn attach_of_a_missing_netdev_or_into_a_missing_netns_fails() {
-    require_env!();
+    require_env!(&[("ip", "-V")]);
     let agent = Agent::new().await;
-    let pod = TestNs::new();
+    let pod = TestNs::new("svt");
     let e = agent
         .vfs
         .attach_vf(&spec("nosuchvf0", &pod))
@@ -354,9 +268,9 @@ async fn attach_of_a_missing_netdev_or_into_a_missing_netns_fails() {
 
 #[tokio::test]
 async fn a_failure_after_the_move_rolls_back() {
-    require_env!();
+    require_env!(&[("ip", "-V")]);
     let agent = Agent::new().await;
-    let pod = TestNs::new();
+    let pod = TestNs::new("svt");
     let vf = unique("vf");
     agent.ns.stand_in(&vf);
     let mut s = spec(&vf, &pod);
@@ -387,9 +301,9 @@ async fn a_failure_after_the_move_rolls_back() {
 
 #[tokio::test]
 async fn detach_of_what_is_not_there_is_none() {
-    require_env!();
+    require_env!(&[("ip", "-V")]);
     let agent = Agent::new().await;
-    let pod = TestNs::new();
+    let pod = TestNs::new("svt");
     assert_eq!(agent.vfs.detach_vf(&pod.path, "eth1").await.unwrap(), None);
     let gone = Path::new("/var/run/netns/spur-no-such-ns");
     assert_eq!(agent.vfs.detach_vf(gone, "eth1").await.unwrap(), None);
@@ -397,9 +311,9 @@ async fn detach_of_what_is_not_there_is_none() {
 
 #[tokio::test]
 async fn detach_of_a_foreign_interface_is_an_error_and_moves_nothing() {
-    require_env!();
+    require_env!(&[("ip", "-V")]);
     let agent = Agent::new().await;
-    let pod = TestNs::new();
+    let pod = TestNs::new("svt");
     pod.stand_in("net1");
     pod.ip(&["link", "set", "net1", "alias", "not a spur record"]);
     pod.ip(&["addr", "add", "10.5.0.1/24", "dev", "net1"]);
@@ -426,9 +340,9 @@ async fn detach_of_a_foreign_interface_is_an_error_and_moves_nothing() {
 
 #[tokio::test]
 async fn detach_when_the_home_name_is_taken_uses_a_fallback() {
-    require_env!();
+    require_env!(&[("ip", "-V")]);
     let agent = Agent::new().await;
-    let pod = TestNs::new();
+    let pod = TestNs::new("svt");
     let vf = unique("vf");
     agent.ns.stand_in(&vf);
     agent.vfs.attach_vf(&spec(&vf, &pod)).await.unwrap();
