@@ -382,23 +382,7 @@ impl Agent {
             }
             Err(e) => return Err(CniError::io(format!("network {}: {e}", plan.network))),
         }
-        let owner = Owner::pod(&c.pod.namespace, &c.pod.name, &c.container_id, &plan.ifname)
-            .with_pod_uid(&c.pod_uid);
-        let allocated = if plan.pools.is_empty() {
-            Vec::new()
-        } else {
-            let mut r = AllocateRequest::new(self.node(), owner.clone(), &plan.pools);
-            r.addresses = plan.requested_ips.clone();
-            let a = self
-                .ipam
-                .allocate(&r)
-                .await
-                .map_err(|e| ipam_error(&plan.network, e))?;
-            undo.push(Undo::Allocation(owner.key(), a.clone()));
-            a
-        };
-        let config = interface_config(plan, &pool_addresses(&allocated), &c.container_id)
-            .map_err(attach_error)?;
+        let config = self.addresses_for(c, plan, undo).await?;
         let spec = VethSpec {
             host_name: host.clone(),
             netns: PathBuf::from(&c.netns),
@@ -561,23 +545,7 @@ impl Agent {
             }
             None => None,
         };
-        let owner = Owner::pod(&c.pod.namespace, &c.pod.name, &c.container_id, &plan.ifname)
-            .with_pod_uid(&c.pod_uid);
-        let allocated = if plan.pools.is_empty() {
-            Vec::new()
-        } else {
-            let mut r = AllocateRequest::new(self.node(), owner.clone(), &plan.pools);
-            r.addresses = plan.requested_ips.clone();
-            let a = self
-                .ipam
-                .allocate(&r)
-                .await
-                .map_err(|e| ipam_error(&plan.network, e))?;
-            undo.push(Undo::Allocation(owner.key(), a.clone()));
-            a
-        };
-        let config = interface_config(plan, &pool_addresses(&allocated), &c.container_id)
-            .map_err(attach_error)?;
+        let config = self.addresses_for(c, plan, undo).await?;
         let at = VfLocation {
             pci,
             pf: parent.clone(),
@@ -679,6 +647,32 @@ impl Agent {
             }
         }
         errors
+    }
+
+    /// The interface's addresses from IPAM (recorded in `undo`) and its
+    /// config (addresses, routes, MAC), for a veth or a VF alike.
+    async fn addresses_for(
+        &self,
+        c: &Call,
+        plan: &NetworkPlan,
+        undo: &mut Vec<Undo>,
+    ) -> Result<InterfaceConfig, CniError> {
+        let owner = Owner::pod(&c.pod.namespace, &c.pod.name, &c.container_id, &plan.ifname)
+            .with_pod_uid(&c.pod_uid);
+        let allocated = if plan.pools.is_empty() {
+            Vec::new()
+        } else {
+            let mut r = AllocateRequest::new(self.node(), owner.clone(), &plan.pools);
+            r.addresses = plan.requested_ips.clone();
+            let a = self
+                .ipam
+                .allocate(&r)
+                .await
+                .map_err(|e| ipam_error(&plan.network, e))?;
+            undo.push(Undo::Allocation(owner.key(), a.clone()));
+            a
+        };
+        interface_config(plan, &pool_addresses(&allocated), &c.container_id).map_err(attach_error)
     }
 
     async fn undo(&self, steps: Vec<Undo>) {

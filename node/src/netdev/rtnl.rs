@@ -38,6 +38,7 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use ipnet::IpNet;
 use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::constants::{NETLINK_GENERIC, NETLINK_ROUTE};
 use netlink_sys::AsyncSocket;
@@ -287,19 +288,7 @@ impl RtNetlinkLinks {
             let Some(facts) = get_link(&mut rt, &path, &name)? else {
                 return Ok(None);
             };
-            let addrs = rt
-                .request(
-                    RouteNetlinkMessage::GetAddress(msg::dump_addresses()),
-                    NLM_F_DUMP,
-                )
-                .map_err(|e| pod_err("list addresses", &path, &name, e))?;
-            let addrs: Vec<_> = addrs
-                .into_iter()
-                .filter_map(|m| match m {
-                    RouteNetlinkMessage::NewAddress(a) => Some(a),
-                    _ => None,
-                })
-                .collect();
+            let addrs = dump_addresses(&mut rt, &path, &name)?;
             let routes = rt
                 .request(
                     RouteNetlinkMessage::GetRoute(msg::dump_routes()),
@@ -460,6 +449,28 @@ impl Drop for Pending {
 
 pub(crate) fn agent_err(op: &str, ifname: &str, e: NlError) -> NetdevError {
     nl_err(op, Netns::Agent, ifname, e)
+}
+
+/// Every address of the netns at `path` (a dump on `rt`); `name` only
+/// names the interface asked about in an error.
+pub(crate) fn dump_addresses(
+    rt: &mut SyncSocket,
+    path: &Path,
+    name: &str,
+) -> Result<Vec<AddressMessage>, NetdevError> {
+    let replies = rt
+        .request(
+            RouteNetlinkMessage::GetAddress(msg::dump_addresses()),
+            NLM_F_DUMP,
+        )
+        .map_err(|e| pod_err("list addresses", path, name, e))?;
+    Ok(replies
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a) => Some(a),
+            _ => None,
+        })
+        .collect())
 }
 
 pub(crate) fn pod_err(op: &str, netns: &Path, ifname: &str, e: NlError) -> NetdevError {

@@ -70,7 +70,7 @@ use super::vf::{PfVfSettings, PodVf, VfAttachSpec, VfLinks, VfRecord};
 use crate::netdev::error::io_errno;
 use crate::netdev::msg::{self, link_facts};
 use crate::netdev::rtnl::{
-    agent_err, configure_pod_end, get_link, pod_err, route_socket, PodSockets,
+    agent_err, configure_pod_end, dump_addresses, get_link, pod_err, route_socket, PodSockets,
 };
 use crate::netdev::sock::{NlError, SyncSocket};
 use crate::netdev::{check_ifname, netns, NetdevError, Netns, RtNetlinkLinks, VethSpec};
@@ -465,19 +465,7 @@ impl RtNetlinkVfs {
                 return Ok(None);
             };
             let facts = link_facts(&link);
-            let addrs = rt
-                .request(
-                    RouteNetlinkMessage::GetAddress(msg::dump_addresses()),
-                    NLM_F_DUMP,
-                )
-                .map_err(|e| pod_err("list addresses", &path, &name, e))?;
-            let addrs: Vec<_> = addrs
-                .into_iter()
-                .filter_map(|m| match m {
-                    RouteNetlinkMessage::NewAddress(a) => Some(a),
-                    _ => None,
-                })
-                .collect();
+            let addrs = dump_addresses(&mut rt, &path, &name)?;
             Ok(Some(PodVf {
                 record: alias_of(&link).and_then(VfRecord::parse),
                 mtu: facts.mtu,
