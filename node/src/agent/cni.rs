@@ -142,6 +142,17 @@ fn attach_error(e: AttachError) -> CniError {
     CniError::new(code, e.to_string())
 }
 
+/// A failure to make a Pod's link: a name already taken is the caller's
+/// configuration (an ADD repeated without DEL), anything else I/O.
+fn link_error(what: &str, e: &crate::netdev::NetdevError) -> CniError {
+    let code = if e.is_exists() {
+        ErrorCode::InvalidConfig
+    } else {
+        ErrorCode::Io
+    };
+    CniError::new(code, format!("{what}: {e}"))
+}
+
 fn ipam_error(network: &str, e: IpamError) -> CniError {
     CniError::new(e.code(), format!("network {network}: {e}"))
 }
@@ -432,16 +443,10 @@ impl Agent {
                 plan.network,
             ))
         })?;
-        self.links.create_veth(&spec).await.map_err(|e| {
-            CniError::new(
-                if e.is_exists() {
-                    ErrorCode::InvalidConfig
-                } else {
-                    ErrorCode::Io
-                },
-                format!("network {}: {e}", plan.network),
-            )
-        })?;
+        self.links
+            .create_veth(&spec)
+            .await
+            .map_err(|e| link_error(&format!("network {}", plan.network), &e))?;
         undo.push(Undo::Link(host.clone()));
         Ok(config)
     }
@@ -601,16 +606,10 @@ impl Agent {
                 .collect(),
             announce: true,
         };
-        b.vfs.attach_vf(&spec).await.map_err(|e| {
-            CniError::new(
-                if e.is_exists() {
-                    ErrorCode::InvalidConfig
-                } else {
-                    ErrorCode::Io
-                },
-                format!("network {}: VF {pci}: {e}", plan.network),
-            )
-        })?;
+        b.vfs
+            .attach_vf(&spec)
+            .await
+            .map_err(|e| link_error(&format!("network {}: VF {pci}", plan.network), &e))?;
         undo.push(Undo::Vf {
             netns: spec.netns.clone(),
             ifname: spec.ifname.clone(),
