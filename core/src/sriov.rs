@@ -87,6 +87,22 @@ impl FromStr for PciAddress {
     }
 }
 
+impl PciAddress {
+    /// The address `domain:bus:device.function`; `None` when the device is
+    /// above 0x1f or the function above 7.
+    pub const fn new(domain: u32, bus: u8, device: u8, function: u8) -> Option<PciAddress> {
+        if device > 0x1f || function > 7 {
+            return None;
+        }
+        Some(PciAddress {
+            domain,
+            bus,
+            device,
+            function,
+        })
+    }
+}
+
 /// `s` as a hex number of `min..=max` digits (no sign, no prefix).
 fn hex(s: &str, min: usize, max: usize) -> Option<u32> {
     if s.len() < min || s.len() > max || !s.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -39,6 +39,7 @@ pub mod manifest;
 pub mod refs;
 pub mod report;
 pub mod spec;
+pub mod sriov;
 pub mod workloads;
 
 pub use check::{check, compare_reports, Failure};
