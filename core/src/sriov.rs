@@ -247,6 +247,19 @@ pub struct PfVfSettings {
     pub trust: Option<bool>,
 }
 
+impl PfVfSettings {
+    /// The settings that put a VF back to `self` (what the PF reported
+    /// before a Pod got the VF): an unset MAC is written as the all-zero
+    /// MAC, which PF drivers take as "none" (when setting, `None` would
+    /// leave the Pod's MAC on the VF).
+    pub fn to_restore(&self) -> PfVfSettings {
+        PfVfSettings {
+            mac: Some(self.mac.unwrap_or(Mac([0; 6]))),
+            ..*self
+        }
+    }
+}
+
 /// What is set on the VF through its PF (bare metal only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PfSettings {
@@ -290,6 +303,41 @@ pub struct VmRefusal {
     pub what: String,
 }
 
+/// Whether the network's VF settings can be applied where the VF sits:
+/// always through a PF; on a VM node (no PF) neither a VLAN, nor QoS,
+/// spoof check or trust. Needs no address: the agent asks before it
+/// allocates, so a refused VF never holds one.
+pub fn vf_fits(
+    network: &str,
+    node: &str,
+    at: &VfLocation,
+    vlan: u16,
+    vf: &VfSettings,
+) -> Result<(), VmRefusal> {
+    if at.pf.is_some() {
+        return Ok(());
+    }
+    let refuse = |what: String| VmRefusal {
+        network: network.to_string(),
+        node: node.to_string(),
+        pci: at.pci,
+        what,
+    };
+    if vlan != 0 {
+        return Err(refuse(format!("VLAN {vlan}")));
+    }
+    if let Some(q) = vf.qos.filter(|q| *q != 0) {
+        return Err(refuse(format!("vlanQoS {q}")));
+    }
+    if let Some(b) = vf.spoofchk {
+        return Err(refuse(format!("spoofchk {}", on_off(b))));
+    }
+    if let Some(b) = vf.trust {
+        return Err(refuse(format!("trust {}", on_off(b))));
+    }
+    Ok(())
+}
+
 /// Plans the VF's settings. `requested_mac` is the selection element's
 /// `mac`; `stable_mac` the MAC the interface gets otherwise.
 pub fn vf_plan(
@@ -321,24 +369,7 @@ pub fn vf_plan(
             })
         }
         None => {
-            let refuse = |what: String| VmRefusal {
-                network: network.to_string(),
-                node: node.to_string(),
-                pci: at.pci,
-                what,
-            };
-            if vlan != 0 {
-                return Err(refuse(format!("VLAN {vlan}")));
-            }
-            if let Some(q) = vf.qos.filter(|q| *q != 0) {
-                return Err(refuse(format!("vlanQoS {q}")));
-            }
-            if let Some(b) = vf.spoofchk {
-                return Err(refuse(format!("spoofchk {}", on_off(b))));
-            }
-            if let Some(b) = vf.trust {
-                return Err(refuse(format!("trust {}", on_off(b))));
-            }
+            vf_fits(network, node, at, vlan, vf)?;
             Ok(VfPlan {
                 pci: at.pci,
                 through_pf: None,
@@ -707,6 +738,23 @@ mod tests {
         fn vf_record_parsing_never_panics(s in "\\PC{0,80}") {
             let _ = VfRecord::parse(&s);
         }
+    }
+
+    #[test]
+    fn restoring_an_unset_mac_clears_it() {
+        let before = PfVfSettings {
+            vlan: 7,
+            spoofchk: Some(true),
+            ..PfVfSettings::default()
+        };
+        let r = before.to_restore();
+        assert_eq!(r.mac, Some(Mac([0; 6])));
+        assert_eq!((r.vlan, r.spoofchk), (7, Some(true)));
+        let set = PfVfSettings {
+            mac: Some(Mac([2, 0, 0, 0, 0, 1])),
+            ..before
+        };
+        assert_eq!(set.to_restore(), set);
     }
 
     #[test]
