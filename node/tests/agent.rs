@@ -704,6 +704,19 @@ async fn a_fault_at_any_point_of_an_add_leaves_nothing_behind() {
     assert!(leftovers.is_empty(), "left behind: {leftovers:#?}");
 }
 
+/// The network namespace of Pod web's sandbox `cid`.
+fn web_netns(cid: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/var/run/netns/test-web-{cid}"))
+}
+
+/// A chained request for Pod web's sandbox `cid` (in [`web_netns`]).
+fn web_sandbox(command: Command, cid: &str) -> AgentRequest {
+    let mut r = request(command, "web", chained(), "eth0");
+    r.container_id = Some(cid.to_string());
+    r.netns = Some(web_netns(cid).display().to_string());
+    r
+}
+
 #[tokio::test]
 async fn a_new_sandbox_after_one_died_without_del_keeps_the_pods_addresses() {
     let env = env(ONE_BRIDGE).await;
@@ -713,12 +726,6 @@ async fn a_new_sandbox_after_one_died_without_del_keeps_the_pods_addresses() {
     wait_pod(&env, "web").await;
     wait_pod(&env, "other").await;
     // Sandbox `cid` of Pod web, in its own network namespace.
-    let of = |command: Command, cid: &str| {
-        let mut r = request(command, "web", chained(), "eth0");
-        r.container_id = Some(cid.to_string());
-        r.netns = Some(format!("/var/run/netns/test-web-{cid}"));
-        r
-    };
     let addresses = |out: &Value| -> Vec<String> {
         let r = CniResult::parse(out).unwrap();
         let eth1 = r.interfaces.iter().position(|i| i.name == "eth1").unwrap();
@@ -728,8 +735,12 @@ async fn a_new_sandbox_after_one_died_without_del_keeps_the_pods_addresses() {
             .map(|i| i.address.to_string())
             .collect()
     };
-    env.links.add_netns(Path::new("/var/run/netns/test-web-c1"));
-    let first = env.agent.handle(&of(Command::Add, "c1")).await.unwrap();
+    env.links.add_netns(&web_netns("c1"));
+    let first = env
+        .agent
+        .handle(&web_sandbox(Command::Add, "c1"))
+        .await
+        .unwrap();
     let first = addresses(&first);
     assert_eq!(first.len(), 2);
     let uid = {
@@ -746,10 +757,13 @@ async fn a_new_sandbox_after_one_died_without_del_keeps_the_pods_addresses() {
         .unwrap();
     // The node reboots: sandbox c1 is gone and no DEL ever comes; the
     // kubelet starts sandbox c2 for the same Pod.
-    env.links
-        .remove_netns(Path::new("/var/run/netns/test-web-c1"));
-    env.links.add_netns(Path::new("/var/run/netns/test-web-c2"));
-    let second = env.agent.handle(&of(Command::Add, "c2")).await.unwrap();
+    env.links.remove_netns(&web_netns("c1"));
+    env.links.add_netns(&web_netns("c2"));
+    let second = env
+        .agent
+        .handle(&web_sandbox(Command::Add, "c2"))
+        .await
+        .unwrap();
     assert_eq!(addresses(&second), first, "the same addresses");
     let web = |held: &BTreeMap<std::net::IpAddr, (String, String, spur_core::ipamblock::Owner)>| {
         let mut v: Vec<(String, String)> = held
@@ -764,10 +778,16 @@ async fn a_new_sandbox_after_one_died_without_del_keeps_the_pods_addresses() {
     assert_eq!(held.len(), 4, "nothing is held twice: {held:?}");
     assert_eq!(web(&held), vec![("c2".into(), uid.clone()); 2]);
     // A late DEL of c1 changes nothing of the addresses.
-    env.agent.handle(&of(Command::Del, "c1")).await.unwrap();
+    env.agent
+        .handle(&web_sandbox(Command::Del, "c1"))
+        .await
+        .unwrap();
     assert_eq!(stored(&env.server), held);
     // The DEL of c2 frees them.
-    env.agent.handle(&of(Command::Del, "c2")).await.unwrap();
+    env.agent
+        .handle(&web_sandbox(Command::Del, "c2"))
+        .await
+        .unwrap();
     let left = stored(&env.server);
     assert_eq!(left.len(), 2);
     assert!(left.values().all(|(_, _, o)| o.pod == "other"), "{left:?}");
@@ -782,33 +802,39 @@ async fn a_failed_add_that_took_over_gives_the_addresses_back_to_the_dead_sandbo
     ready(&env).await;
     pod(&env, "web", "vlan100").await;
     wait_pod(&env, "web").await;
-    let of = |command: Command, cid: &str| {
-        let mut r = request(command, "web", chained(), "eth0");
-        r.container_id = Some(cid.to_string());
-        r.netns = Some(format!("/var/run/netns/test-web-{cid}"));
-        r
-    };
-    env.links.add_netns(Path::new("/var/run/netns/test-web-c1"));
-    env.agent.handle(&of(Command::Add, "c1")).await.unwrap();
+    env.links.add_netns(&web_netns("c1"));
+    env.agent
+        .handle(&web_sandbox(Command::Add, "c1"))
+        .await
+        .unwrap();
     let before = stored(&env.server);
     assert_eq!(before.len(), 2);
     // Sandbox c1 dies without DEL; c2's ADD takes over, then fails making
     // its link.
-    env.links
-        .remove_netns(Path::new("/var/run/netns/test-web-c1"));
-    env.links.add_netns(Path::new("/var/run/netns/test-web-c2"));
+    env.links.remove_netns(&web_netns("c1"));
+    env.links.add_netns(&web_netns("c2"));
     env.links.fail_create("eth1");
-    let e = env.agent.handle(&of(Command::Add, "c2")).await.unwrap_err();
+    let e = env
+        .agent
+        .handle(&web_sandbox(Command::Add, "c2"))
+        .await
+        .unwrap_err();
     assert!(e.msg.contains("injected"), "{}", e.msg);
     // The records name c1 again, addresses unchanged: the failed ADD left
     // the IPAM as it found it.
     assert_eq!(stored(&env.server), before);
     // The kubelet's DEL of c2 changes nothing; c3 takes them over.
-    env.agent.handle(&of(Command::Del, "c2")).await.unwrap();
+    env.agent
+        .handle(&web_sandbox(Command::Del, "c2"))
+        .await
+        .unwrap();
     assert_eq!(stored(&env.server), before);
     env.links.unfail_create("eth1");
-    env.links.add_netns(Path::new("/var/run/netns/test-web-c3"));
-    env.agent.handle(&of(Command::Add, "c3")).await.unwrap();
+    env.links.add_netns(&web_netns("c3"));
+    env.agent
+        .handle(&web_sandbox(Command::Add, "c3"))
+        .await
+        .unwrap();
     let after = stored(&env.server);
     let addrs = |m: &BTreeMap<std::net::IpAddr, (String, String, spur_core::ipamblock::Owner)>| {
         m.keys().copied().collect::<Vec<_>>()
@@ -831,19 +857,15 @@ async fn a_failed_network_status_write_after_a_takeover_gives_the_addresses_back
     ready(&env).await;
     pod(&env, "web", "tiny").await;
     wait_pod(&env, "web").await;
-    let of = |command: Command, cid: &str| {
-        let mut r = request(command, "web", chained(), "eth0");
-        r.container_id = Some(cid.to_string());
-        r.netns = Some(format!("/var/run/netns/test-web-{cid}"));
-        r
-    };
-    env.links.add_netns(Path::new("/var/run/netns/test-web-c1"));
-    env.agent.handle(&of(Command::Add, "c1")).await.unwrap();
+    env.links.add_netns(&web_netns("c1"));
+    env.agent
+        .handle(&web_sandbox(Command::Add, "c1"))
+        .await
+        .unwrap();
     let before = stored(&env.server);
     assert_eq!(before.len(), 1, "{before:?}");
-    env.links
-        .remove_netns(Path::new("/var/run/netns/test-web-c1"));
-    env.links.add_netns(Path::new("/var/run/netns/test-web-c2"));
+    env.links.remove_netns(&web_netns("c1"));
+    env.links.add_netns(&web_netns("c2"));
     let pod_writes = Matcher {
         methods: vec!["PATCH".into()],
         resource: Some("pods".into()),
@@ -852,7 +874,11 @@ async fn a_failed_network_status_write_after_a_takeover_gives_the_addresses_back
     env.server
         .faults()
         .next(pod_writes, Fault::Status(503), 1000);
-    let e = env.agent.handle(&of(Command::Add, "c2")).await.unwrap_err();
+    let e = env
+        .agent
+        .handle(&web_sandbox(Command::Add, "c2"))
+        .await
+        .unwrap_err();
     assert!(e.msg.contains("network-status"), "{}", e.msg);
     env.server.faults().clear();
     // The record names c1 again: the address stays the Pod's.
@@ -866,10 +892,16 @@ async fn a_failed_network_status_write_after_a_takeover_gives_the_addresses_back
         .collect();
     assert!(c2_ports.is_empty(), "c2's ports are removed: {c2_ports:?}");
     // The kubelet's DEL of c2 changes nothing; c3 gets the same address.
-    env.agent.handle(&of(Command::Del, "c2")).await.unwrap();
+    env.agent
+        .handle(&web_sandbox(Command::Del, "c2"))
+        .await
+        .unwrap();
     assert_eq!(stored(&env.server), before);
-    env.links.add_netns(Path::new("/var/run/netns/test-web-c3"));
-    env.agent.handle(&of(Command::Add, "c3")).await.unwrap();
+    env.links.add_netns(&web_netns("c3"));
+    env.agent
+        .handle(&web_sandbox(Command::Add, "c3"))
+        .await
+        .unwrap();
     let after = stored(&env.server);
     assert_eq!(
         after.keys().collect::<Vec<_>>(),

@@ -218,6 +218,11 @@ async fn a_pod_gets_its_vfs_and_gives_them_back() {
     );
     assert_eq!(snap.pf_vfs[&("ens1f0".to_string(), 0)].vlan, 0);
     assert_eq!(snap.pf_vfs[&("ens1f0".to_string(), 0)].spoofchk, Some(true));
+    assert_eq!(
+        snap.pf_vfs[&("ens1f0".to_string(), 0)].mac,
+        None,
+        "the MAC the PF set is cleared"
+    );
     assert!(stored(&env.server).is_empty());
     env.agent.handle(&request(Command::Del)).await.unwrap();
     assert_eq!(env.links.snapshot(), snap);
@@ -244,4 +249,254 @@ async fn too_few_devices_fail_the_add_naming_the_resource_and_leave_nothing() {
     let snap = env.links.snapshot();
     assert_eq!(snap.vfs.len(), 2);
     assert!(stored(&env.server).is_empty());
+}
+
+/// CHECK as the runtime sends it: the ADD's result as `prevResult`.
+fn check_after(add_result: Value) -> AgentRequest {
+    let mut r = request(Command::Check);
+    r.config["prevResult"] = add_result;
+    r
+}
+
+fn both_devices(env: &Env) {
+    env.resources.set(
+        "default",
+        "web",
+        BTreeMap::from([(
+            "intel.com/sriov_a".to_string(),
+            vec!["0000:3b:02.0".to_string(), "0000:3b:02.1".to_string()],
+        )]),
+    );
+}
+
+/// The host's VFs as a user would check them: name, alias, up, and what
+/// the PF sets for each.
+fn host_vfs(env: &Env) -> Vec<(String, String, bool, u16)> {
+    let snap = env.links.snapshot();
+    let mut out: Vec<_> = snap
+        .vfs
+        .iter()
+        .map(|(name, vf)| {
+            let index = u16::from(vf.pci.ends_with(".1"));
+            let vlan = snap.pf_vfs[&("ens1f0".to_string(), index)].vlan;
+            (name.clone(), vf.alias.clone(), vf.up, vlan)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn pristine() -> Vec<(String, String, bool, u16)> {
+    vec![
+        ("ens1f0v0".into(), String::new(), false, 0),
+        ("ens1f0v1".into(), String::new(), false, 0),
+    ]
+}
+
+#[tokio::test]
+async fn a_del_after_the_sandbox_died_gives_the_vfs_back_from_the_host() {
+    let env = env().await;
+    both_devices(&env);
+    env.agent.handle(&request(Command::Add)).await.unwrap();
+    // The sandbox dies before its DEL: the kernel brings the VFs home
+    // under the Pod's interface names, still labelled, still tagged.
+    env.links.remove_netns(Path::new(NETNS));
+    let left = host_vfs(&env);
+    assert_eq!(
+        left.iter().map(|v| v.0.as_str()).collect::<Vec<_>>(),
+        ["data", "eth1"]
+    );
+    assert!(left
+        .iter()
+        .all(|v| v.1.starts_with("spur-vf ") && v.3 == 300));
+    env.agent.handle(&request(Command::Del)).await.unwrap();
+    assert_eq!(host_vfs(&env), pristine());
+    assert!(stored(&env.server).is_empty(), "the addresses are released");
+    env.agent.handle(&request(Command::Del)).await.unwrap();
+    assert_eq!(host_vfs(&env), pristine());
+}
+
+#[tokio::test]
+async fn the_sweep_gives_back_vfs_that_no_del_will_come_for() {
+    let env = env().await;
+    both_devices(&env);
+    env.agent.handle(&request(Command::Add)).await.unwrap();
+    // Nothing to give back while the Pod holds its VFs.
+    assert_eq!(env.agent.recover_vfs().await.unwrap(), 0);
+    assert!(env.links.snapshot().vfs.is_empty());
+    env.links.remove_netns(Path::new(NETNS));
+    // A restarted agent's first sweep (or the periodic one) restores them.
+    assert_eq!(env.agent.recover_vfs().await.unwrap(), 2);
+    assert_eq!(host_vfs(&env), pristine());
+    assert_eq!(env.agent.metrics().vfs_recovered(), 2);
+    assert_eq!(env.agent.recover_vfs().await.unwrap(), 0, "idempotent");
+}
+
+#[tokio::test]
+async fn check_finds_a_vf_whose_vlan_was_changed_under_it() {
+    let env = env().await;
+    both_devices(&env);
+    let result = env.agent.handle(&request(Command::Add)).await.unwrap();
+    let check = check_after(result);
+    env.agent.handle(&check).await.unwrap();
+    // Someone retags VF 1 (the Pod's `data`) through the PF.
+    use spur_node::sriov::vf::VfLinks;
+    let mut set = env.links.pf_settings("ens1f0", 1).await.unwrap();
+    set.vlan = 42;
+    env.links.set_pf_settings("ens1f0", 1, &set).await.unwrap();
+    let e = env.agent.handle(&check).await.unwrap_err();
+    assert!(
+        e.msg
+            .contains("VF 1 of ens1f0 (data) is on VLAN 42, not 300"),
+        "{}",
+        e.msg
+    );
+}
+
+#[tokio::test]
+async fn check_finds_a_pod_holding_another_vf_than_the_kubelet_assigned() {
+    let env = env().await;
+    both_devices(&env);
+    let result = env.agent.handle(&request(Command::Add)).await.unwrap();
+    env.agent
+        .handle(&check_after(result.clone()))
+        .await
+        .unwrap();
+    // The kubelet's record now says otherwise (e.g. a device plugin that
+    // lost its checkpoint): CHECK says which VF the interface is.
+    env.resources.set(
+        "default",
+        "web",
+        BTreeMap::from([(
+            "intel.com/sriov_a".to_string(),
+            vec!["0000:3b:02.1".to_string(), "0000:3b:03.0".to_string()],
+        )]),
+    );
+    let e = env.agent.handle(&check_after(result)).await.unwrap_err();
+    assert!(
+        e.msg
+            .contains("interface eth1 is VF 0000:3b:02.0, but the Pod's device is 0000:3b:02.1"),
+        "{}",
+        e.msg
+    );
+}
+
+#[tokio::test]
+async fn an_add_cut_short_after_setting_the_pf_is_undone_by_the_recovery() {
+    use spur_node::sriov::vf::{VfLinks, VfRecord};
+    let env = env().await;
+    // What an ADD leaves if the agent dies after setting the PF and before
+    // the VF is in the Pod: the VF labelled with its record, then tagged.
+    let before = env.links.pf_settings("ens1f0", 0).await.unwrap();
+    let record = VfRecord {
+        name: "ens1f0v0".into(),
+        pci: "0000:3b:02.0".parse().unwrap(),
+        parent: Some(("ens1f0".into(), 0)),
+        pf: before,
+    };
+    env.links.label_host_vf("ens1f0v0", &record).await.unwrap();
+    let mut tagged = before;
+    tagged.vlan = 300;
+    env.links
+        .set_pf_settings("ens1f0", 0, &tagged)
+        .await
+        .unwrap();
+    assert_eq!(env.agent.recover_vfs().await.unwrap(), 1);
+    assert_eq!(host_vfs(&env), pristine());
+}
+
+/// Fails every VF move into a Pod, and every PF write from the `from`-th
+/// on, while armed.
+struct FailVfs {
+    armed: std::sync::atomic::AtomicBool,
+    pf_writes: std::sync::atomic::AtomicUsize,
+    from: usize,
+}
+
+impl spur_node::fake::FaultHook for FailVfs {
+    fn at<'a>(
+        &'a self,
+        point: &'a spur_node::fake::FaultPoint,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        use spur_node::fake::Op;
+        use std::sync::atomic::Ordering;
+        let armed = self.armed.load(Ordering::SeqCst);
+        let fail = armed
+            && match point.op {
+                Op::AttachVf => true,
+                Op::SetPfSettings => self.pf_writes.fetch_add(1, Ordering::SeqCst) + 1 >= self.from,
+                _ => false,
+            };
+        Box::pin(async move {
+            if fail {
+                Err("injected".to_string())
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_pf_that_cannot_be_restored_after_a_failed_add_keeps_the_vfs_label() {
+    // Found by the simulator (sriov-fabric, seed 99): the VF's move failed,
+    // then so did putting its PF back; the undo still cleared the VF's
+    // label, and the MAC the PF had set stayed with nobody to restore it.
+    let env = env().await;
+    env.resources.set(
+        "default",
+        "web",
+        BTreeMap::from([(
+            "intel.com/sriov_a".to_string(),
+            vec!["0000:3b:02.0".to_string(), "0000:3b:02.1".to_string()],
+        )]),
+    );
+    // PF writes of the first VF: its label (1), its settings (2), then the
+    // undo's restore (3) fails.
+    let hook = Arc::new(FailVfs {
+        armed: std::sync::atomic::AtomicBool::new(true),
+        pf_writes: std::sync::atomic::AtomicUsize::new(0),
+        from: 3,
+    });
+    env.links.set_fault_hook(Some(hook.clone()));
+    let e = env.agent.handle(&request(Command::Add)).await.unwrap_err();
+    assert!(e.msg.contains("injected"), "{}", e.msg);
+    assert!(stored(&env.server).is_empty(), "the addresses are released");
+    let left = host_vfs(&env);
+    assert!(
+        left[0].1.starts_with("spur-vf ") && left[0].3 == 300,
+        "VF 0 keeps its record while its PF is tagged: {left:?}"
+    );
+    hook.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(env.agent.recover_vfs().await.unwrap(), 1);
+    assert_eq!(host_vfs(&env), pristine());
+    assert_eq!(
+        env.links.snapshot().pf_vfs[&("ens1f0".to_string(), 0)].mac,
+        None
+    );
+}
+
+#[tokio::test]
+async fn an_add_that_finds_a_vf_left_labelled_records_its_true_original() {
+    // Found by the simulator (sriov-ovs-mixed, chaos seed 30): the next ADD
+    // took the settings a failed ADD had left on the PF for the VF's
+    // original, and its DEL "restored" them.
+    let env = env().await;
+    both_devices(&env);
+    let hook = Arc::new(FailVfs {
+        armed: std::sync::atomic::AtomicBool::new(true),
+        pf_writes: std::sync::atomic::AtomicUsize::new(0),
+        from: 3,
+    });
+    env.links.set_fault_hook(Some(hook.clone()));
+    env.agent.handle(&request(Command::Add)).await.unwrap_err();
+    hook.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+    // No sweep ran: the retried ADD meets the labelled, tagged VF.
+    env.agent.handle(&request(Command::Add)).await.unwrap();
+    env.agent.handle(&request(Command::Del)).await.unwrap();
+    assert_eq!(host_vfs(&env), pristine());
+    assert_eq!(
+        env.links.snapshot().pf_vfs[&("ens1f0".to_string(), 0)].mac,
+        None
+    );
 }

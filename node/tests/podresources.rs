@@ -1,159 +1,37 @@
-//! The kubelet PodResources client against a real gRPC server on a unix
-//! socket (a hand-written stand-in for the kubelet), and the hand-written
-//! messages against hand-computed protobuf bytes.
+//! The kubelet PodResources client against the library's gRPC server on a
+//! unix socket (`podresources::server`, the kubelet stand-in), and the
+//! hand-written messages against hand-computed protobuf bytes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
-use std::convert::Infallible;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use prost::Message;
 use spur_node::podresources::proto::{
     AllocatableResourcesRequest, AllocatableResourcesResponse, CdiDevice, ClaimResource,
     ContainerDevices, ContainerMemory, ContainerResources, DynamicResource, GetPodResourcesRequest,
     GetPodResourcesResponse, ListPodResourcesRequest, ListPodResourcesResponse, NumaNode,
-    PodResources as PodMsg, TopologyInfo, GET_PATH, LIST_PATH,
+    PodResources as PodMsg, TopologyInfo,
 };
+use spur_node::podresources::server::{GetMethod, PodResourcesServer, STATIC_CONTAINER};
 use spur_node::podresources::{
     KubeletPodResources, PodDevices, PodResources, PodResourcesError, StaticPodResources,
     DEFAULT_SOCKET,
 };
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::body::Body;
-use tonic::{Request, Response, Status};
 
-/// How the fake kubelet answers `Get`.
-#[derive(Clone, Copy)]
-enum GetMode {
-    /// Like a kubelet with `KubeletPodResourcesGet` on.
-    Serve,
-    /// Like a kubelet from before the method existed.
-    Unimplemented,
-    /// Like a kubelet with the feature gate off.
-    Disabled,
-}
-
-struct State {
-    pods: Vec<PodMsg>,
-    get: GetMode,
-    get_calls: AtomicUsize,
-    list_calls: AtomicUsize,
-}
-
-/// The kubelet's PodResources service, routed by hand.
-#[derive(Clone)]
-struct FakeKubelet(Arc<State>);
-
-impl FakeKubelet {
-    fn new(pods: Vec<PodMsg>, get: GetMode) -> FakeKubelet {
-        FakeKubelet(Arc::new(State {
-            pods,
-            get,
-            get_calls: AtomicUsize::new(0),
-            list_calls: AtomicUsize::new(0),
-        }))
-    }
-
-    fn get_calls(&self) -> usize {
-        self.0.get_calls.load(Ordering::SeqCst)
-    }
-
-    fn list_calls(&self) -> usize {
-        self.0.list_calls.load(Ordering::SeqCst)
-    }
-}
-
-fn status_only(status: Status) -> BoxFuture<'static, Result<http::Response<Body>, Infallible>> {
-    Box::pin(async move { Ok(status.into_http()) })
-}
-
-impl tower::Service<http::Request<Body>> for FakeKubelet {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let state = self.0.clone();
-        match req.uri().path() {
-            GET_PATH => {
-                state.get_calls.fetch_add(1, Ordering::SeqCst);
-                match state.get {
-                    GetMode::Unimplemented => status_only(Status::unimplemented(
-                        "unknown method Get for service v1.PodResourcesLister",
-                    )),
-                    GetMode::Disabled => {
-                        status_only(Status::unknown("PodResources API Get method disabled"))
-                    }
-                    GetMode::Serve => {
-                        let get = tower::service_fn(move |r: Request<GetPodResourcesRequest>| {
-                            let state = state.clone();
-                            async move {
-                                let r = r.into_inner();
-                                let pod = state
-                                    .pods
-                                    .iter()
-                                    .find(|p| {
-                                        p.namespace == r.pod_namespace && p.name == r.pod_name
-                                    })
-                                    .cloned()
-                                    .ok_or_else(|| {
-                                        Status::unknown(format!(
-                                            "pod {} in namespace {} not found",
-                                            r.pod_name, r.pod_namespace
-                                        ))
-                                    })?;
-                                Ok::<_, Status>(Response::new(GetPodResourcesResponse {
-                                    pod_resources: Some(pod),
-                                }))
-                            }
-                        });
-                        Box::pin(async move {
-                            let mut grpc =
-                                tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-                            Ok(grpc.unary(get, req).await)
-                        })
-                    }
-                }
-            }
-            LIST_PATH => {
-                state.list_calls.fetch_add(1, Ordering::SeqCst);
-                let list = tower::service_fn(move |_: Request<ListPodResourcesRequest>| {
-                    let pods = state.pods.clone();
-                    async move {
-                        Ok::<_, Status>(Response::new(ListPodResourcesResponse {
-                            pod_resources: pods,
-                        }))
-                    }
-                });
-                Box::pin(async move {
-                    let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-                    Ok(grpc.unary(list, req).await)
-                })
-            }
-            other => status_only(Status::unimplemented(format!("unknown method {other}"))),
-        }
-    }
+/// A kubelet stand-in serving `pods`, answering `Get` as `get` says.
+fn kubelet(pods: Vec<PodMsg>, get: GetMethod) -> PodResourcesServer {
+    PodResourcesServer::new(Arc::new(pods)).with_get(get)
 }
 
 /// Serves `kubelet` on `dir/kubelet.sock` until the test's runtime ends.
-fn serve(dir: &Path, kubelet: FakeKubelet) -> PathBuf {
+fn serve(dir: &Path, kubelet: PodResourcesServer) -> PathBuf {
     let path = dir.join("kubelet.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .serve_with_incoming(kubelet, UnixListenerStream::new(listener)),
-    );
+    kubelet.spawn(&path).unwrap();
     path
 }
 
@@ -236,7 +114,7 @@ fn expected() -> PodDevices {
 #[tokio::test]
 async fn get_returns_the_pods_devices_across_containers_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let kubelet = FakeKubelet::new(pods(), GetMode::Serve);
+    let kubelet = kubelet(pods(), GetMethod::Serve);
     let client = KubeletPodResources::connect(serve(dir.path(), kubelet.clone()));
 
     assert_eq!(client.devices("tenant-a", "cnf").await.unwrap(), expected());
@@ -244,37 +122,37 @@ async fn get_returns_the_pods_devices_across_containers_in_order() {
         client.devices("tenant-b", "cnf").await.unwrap(),
         PodDevices::from([(VF.to_string(), vec!["0000:3b:02.7".to_string()])])
     );
-    assert_eq!((kubelet.get_calls(), kubelet.list_calls()), (2, 0));
+    assert_eq!(kubelet.calls(), (2, 0));
 }
 
 #[tokio::test]
 async fn unimplemented_get_falls_back_to_list_once_and_for_all() {
     let dir = tempfile::tempdir().unwrap();
-    let kubelet = FakeKubelet::new(pods(), GetMode::Unimplemented);
+    let kubelet = kubelet(pods(), GetMethod::Unimplemented);
     let client = KubeletPodResources::connect(serve(dir.path(), kubelet.clone()));
 
     assert_eq!(client.devices("tenant-a", "cnf").await.unwrap(), expected());
-    assert_eq!((kubelet.get_calls(), kubelet.list_calls()), (1, 1));
+    assert_eq!(kubelet.calls(), (1, 1));
     // Get is not tried again.
     assert_eq!(client.devices("tenant-a", "cnf").await.unwrap(), expected());
-    assert_eq!((kubelet.get_calls(), kubelet.list_calls()), (1, 2));
+    assert_eq!(kubelet.calls(), (1, 2));
 }
 
 #[tokio::test]
 async fn feature_gated_get_falls_back_to_list_once_and_for_all() {
     let dir = tempfile::tempdir().unwrap();
-    let kubelet = FakeKubelet::new(pods(), GetMode::Disabled);
+    let kubelet = kubelet(pods(), GetMethod::Disabled);
     let client = KubeletPodResources::connect(serve(dir.path(), kubelet.clone()));
 
     assert_eq!(client.devices("tenant-a", "cnf").await.unwrap(), expected());
     assert_eq!(client.devices("tenant-a", "cnf").await.unwrap(), expected());
-    assert_eq!((kubelet.get_calls(), kubelet.list_calls()), (1, 2));
+    assert_eq!(kubelet.calls(), (1, 2));
 }
 
 #[tokio::test]
 async fn pod_missing_from_list_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let kubelet = FakeKubelet::new(pods(), GetMode::Unimplemented);
+    let kubelet = kubelet(pods(), GetMethod::Unimplemented);
     let client = KubeletPodResources::connect(serve(dir.path(), kubelet.clone()));
 
     let err = client.devices("tenant-a", "ghost").await.unwrap_err();
@@ -289,15 +167,15 @@ async fn pod_missing_from_list_is_named() {
 #[tokio::test]
 async fn pod_unknown_to_get_is_confirmed_by_list_without_giving_up_get() {
     let dir = tempfile::tempdir().unwrap();
-    let kubelet = FakeKubelet::new(pods(), GetMode::Serve);
+    let kubelet = kubelet(pods(), GetMethod::Serve);
     let client = KubeletPodResources::connect(serve(dir.path(), kubelet.clone()));
 
     let err = client.devices("tenant-a", "ghost").await.unwrap_err();
     assert!(err.to_string().contains("tenant-a/ghost"), "{err}");
-    assert_eq!((kubelet.get_calls(), kubelet.list_calls()), (1, 1));
+    assert_eq!(kubelet.calls(), (1, 1));
     // Get still serves the next Pod.
     assert_eq!(client.devices("tenant-a", "cnf").await.unwrap(), expected());
-    assert_eq!((kubelet.get_calls(), kubelet.list_calls()), (2, 1));
+    assert_eq!(kubelet.calls(), (2, 1));
 }
 
 #[tokio::test]
@@ -332,7 +210,7 @@ async fn a_vanished_kubelet_is_reported_and_a_returning_one_is_used() {
     );
 
     std::fs::remove_file(&path).unwrap();
-    let kubelet = FakeKubelet::new(pods(), GetMode::Serve);
+    let kubelet = kubelet(pods(), GetMethod::Serve);
     serve(dir.path(), kubelet);
     assert_eq!(client.devices("tenant-a", "cnf").await.unwrap(), expected());
 }
@@ -535,4 +413,26 @@ async fn a_silent_kubelet_times_out() {
         err.to_string().contains(&path.display().to_string()),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn the_server_lists_static_pod_resources_under_one_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = Arc::new(StaticPodResources::new());
+    pods.set("tenant-a", "cnf", expected());
+    let server = PodResourcesServer::new(pods.clone());
+    let path = serve(&dir.path().join("pod-resources"), server.clone());
+    let client = KubeletPodResources::connect(&path);
+    assert_eq!(client.devices("tenant-a", "cnf").await.unwrap(), expected());
+    let listed = spur_node::podresources::server::PodResourcesSource::list(pods.as_ref());
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].containers[0].name, STATIC_CONTAINER);
+    // Changes are served at once; a removed Pod is unknown.
+    pods.remove("tenant-a", "cnf");
+    let err = client.devices("tenant-a", "cnf").await.unwrap_err();
+    assert!(
+        matches!(err, PodResourcesError::PodNotFound { .. }),
+        "{err:?}"
+    );
+    assert_eq!(server.calls(), (2, 1), "Get twice, List once to confirm");
 }

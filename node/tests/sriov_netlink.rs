@@ -15,7 +15,9 @@
 //! gone, down), the name taken in the Pod (nothing touched), a failure
 //! after the move rolled back, a name taken at home on detach (fallback
 //! name), idempotent detach, a foreign alias (error, nothing moved),
-//! `inspect_vf`. The PF side needs a PF: its messages are unit-tested in
+//! `inspect_vf`, and the host side of recovery (a VF home under a Pod's
+//! name with its record: found by `host_vfs`, given its own name back by
+//! `restore_host_vf`). The PF side needs a PF: its messages are unit-tested in
 //! the module.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
@@ -363,4 +365,50 @@ async fn detach_when_the_home_name_is_taken_uses_a_fallback() {
         "{fallback} vs {index}"
     );
     assert_eq!(agent.ns.alias(fallback), None);
+}
+
+#[tokio::test]
+async fn a_vf_that_came_home_under_a_pod_name_is_found_and_restored() {
+    require_env!(&[("ip", "-V")]);
+    let agent = Agent::new().await;
+    // What the kernel leaves when a Pod's netns dies: the VF home under
+    // the Pod's interface name, still carrying the record, with an address
+    // (one the recovery must not leave behind), up.
+    let vf = unique("vf");
+    let returned = unique("eth");
+    agent.ns.stand_in(&returned);
+    let rec = record(&vf);
+    agent
+        .ns
+        .ip(&["link", "set", &returned, "alias", &rec.render()]);
+    agent
+        .ns
+        .ip(&["addr", "add", "10.79.0.5/24", "dev", &returned]);
+    agent.ns.ip(&["link", "set", &returned, "up"]);
+    // A netdev with a foreign alias is not Spur's.
+    let other = unique("o");
+    agent.ns.stand_in(&other);
+    agent
+        .ns
+        .ip(&["link", "set", &other, "alias", "uplink to rack 7"]);
+
+    let found = agent.vfs.host_vfs().await.unwrap();
+    assert_eq!(found, vec![(returned.clone(), rec.clone())]);
+    let back = agent.vfs.restore_host_vf(&returned).await.unwrap();
+    assert_eq!(back, Some(rec));
+    assert!(!agent.ns.links().contains(&returned));
+    assert_home(&agent, &vf, 1500);
+    assert!(agent.vfs.host_vfs().await.unwrap().is_empty());
+    // Idempotent, and a netdev without a record is left alone.
+    assert_eq!(agent.vfs.restore_host_vf(&returned).await.unwrap(), None);
+    assert_eq!(agent.vfs.restore_host_vf(&other).await.unwrap(), None);
+    assert_eq!(agent.ns.alias(&other).as_deref(), Some("uplink to rack 7"));
+    // An ADD labels the VF before setting its PF: the label is what the
+    // recovery finds.
+    let rec = record(&vf);
+    agent.vfs.label_host_vf(&vf, &rec).await.unwrap();
+    assert_eq!(agent.ns.alias(&vf), Some(rec.render()));
+    assert_eq!(agent.vfs.host_vfs().await.unwrap(), vec![(vf.clone(), rec)]);
+    agent.vfs.restore_host_vf(&vf).await.unwrap();
+    assert_home(&agent, &vf, 1500);
 }

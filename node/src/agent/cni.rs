@@ -34,7 +34,7 @@ use spur_core::nad::{classify, NetworkKind, SpurIpamConfig, SpurNetworkConfig};
 use spur_core::names::Mac;
 use spur_core::selection::RequestedIp;
 use spur_core::sriov::{
-    assign_devices, vf_plan, PciAddress, PfVfSettings, VfLocation, VfRecord, Wanted,
+    assign_devices, vf_fits, vf_plan, PciAddress, PfVfSettings, VfLocation, VfRecord, Wanted,
 };
 use spur_core::status::{self, NetworkStatus};
 use spur_core::Subject;
@@ -88,6 +88,11 @@ enum Undo {
     Vf {
         netns: PathBuf,
         ifname: String,
+    },
+    /// A VF labelled with its record in the host: the label cleared
+    /// (when the VF is still there with it).
+    VfLabel {
+        netdev: String,
     },
     /// What a PF set for a VF: set back.
     PfSettings {
@@ -518,11 +523,20 @@ impl Agent {
                 plan.network
             )));
         };
+        // Held until the VF is in the Pod (or this ADD gave up on it).
+        let Some(_claim) = self.claim_vf(pci) else {
+            return Err(CniError::try_again_later(format!(
+                "network {}: VF {pci} on node {} is being set up or given back by another \
+                 request",
+                plan.network,
+                self.node()
+            )));
+        };
         let dev = b
             .sysfs
             .vf(&pci.to_string())
             .map_err(|e| CniError::io(format!("network {}: {e}", plan.network)))?;
-        let Some(netdev) = dev.netdev.clone() else {
+        let Some(mut netdev) = dev.netdev.clone() else {
             return Err(CniError::io(format!(
                 "network {}: VF {pci} on node {} has no network interface in the host namespace \
                  (bound to a userspace driver, or still in another Pod's namespace)",
@@ -530,6 +544,28 @@ impl Agent {
                 self.node()
             )));
         };
+        // A label left by an ADD that could not undo its PF settings: give
+        // the VF back first, so that what this ADD records as the VF's
+        // original settings is the original, not a dead ADD's.
+        let leftover = b
+            .vfs
+            .host_vfs()
+            .await
+            .map_err(|e| link_error(&format!("network {}: VF {pci}", plan.network), &e))?
+            .into_iter()
+            .find(|(name, _)| *name == netdev);
+        if let Some((_, record)) = leftover {
+            self.give_back_host_vf(b, &netdev, &record)
+                .await
+                .map_err(|e| CniError::try_again_later(format!("network {}: {e}", plan.network)))?;
+            // Its name may have changed (a VF that came back from a dead
+            // Pod had the Pod's): ask sysfs again.
+            netdev = b
+                .sysfs
+                .netdev_of(&pci.to_string())
+                .map_err(|e| CniError::io(format!("network {}: {e}", plan.network)))?
+                .unwrap_or(record.name);
+        }
         let parent = match &dev.pf {
             Some(p) => {
                 let Some(pf) = p.netdev.clone() else {
@@ -550,11 +586,15 @@ impl Agent {
             }
             None => None,
         };
-        let config = self.addresses_for(c, plan, undo).await?;
         let at = VfLocation {
             pci,
             pf: parent.clone(),
         };
+        // Refused before any address is taken: a VF a VM node cannot set
+        // up never holds one, even if the agent dies right here.
+        vf_fits(&plan.network, self.node(), &at, plan.vlan(), vf)
+            .map_err(|e| CniError::invalid_config(e.to_string()))?;
+        let config = self.addresses_for(c, plan, undo).await?;
         let vp = vf_plan(
             &plan.network,
             self.node(),
@@ -573,24 +613,32 @@ impl Agent {
                 .map_err(|e| CniError::io(format!("network {}: {e}", plan.network)))?,
             None => PfVfSettings::default(),
         };
+        let record = VfRecord {
+            name: netdev.clone(),
+            pci,
+            parent,
+            pf: before,
+        };
+        if vp.through_pf.is_some() {
+            let labelled = b.vfs.label_host_vf(&netdev, &record).await;
+            undo.push(Undo::VfLabel {
+                netdev: netdev.clone(),
+            });
+            labelled.map_err(|e| link_error(&format!("network {}: VF {pci}", plan.network), &e))?;
+        }
         if let Some(set) = &vp.through_pf {
             let done = b.vfs.set_pf_settings(&set.pf, set.index, &set.set).await;
             // Recorded before the answer: the PF may have taken part of it.
             undo.push(Undo::PfSettings {
                 pf: set.pf.clone(),
                 index: set.index,
-                restore: before,
+                restore: before.to_restore(),
             });
             done.map_err(|e| CniError::io(format!("network {}: {e}", plan.network)))?;
         }
         let spec = crate::sriov::vf::VfAttachSpec {
-            netdev: netdev.clone(),
-            record: VfRecord {
-                name: netdev,
-                pci,
-                parent,
-                pf: before,
-            },
+            netdev,
+            record,
             netns: PathBuf::from(&c.netns),
             ifname: plan.ifname.clone(),
             mtu: u32::from(plan.mtu),
@@ -606,14 +654,35 @@ impl Agent {
                 .collect(),
             announce: true,
         };
-        b.vfs
-            .attach_vf(&spec)
-            .await
-            .map_err(|e| link_error(&format!("network {}: VF {pci}", plan.network), &e))?;
+        b.vfs.attach_vf(&spec).await.map_err(|e| {
+            // On a VM node the VF's own driver may refuse a MAC the
+            // hypervisor does not allow: say where.
+            link_error(
+                &format!("network {}: node {}: VF {pci}", plan.network, self.node()),
+                &e,
+            )
+        })?;
         undo.push(Undo::Vf {
             netns: spec.netns.clone(),
             ifname: spec.ifname.clone(),
         });
+        let mut config = config;
+        if spec.mac.is_none() {
+            // A VM node's VF keeps the MAC the hypervisor gave it: the
+            // result and the network-status report that one.
+            let vf = b
+                .vfs
+                .inspect_vf(&spec.netns, &spec.ifname)
+                .await
+                .map_err(|e| link_error(&format!("network {}: VF {pci}", plan.network), &e))?
+                .ok_or_else(|| {
+                    CniError::io(format!(
+                        "network {}: VF {pci} is not in the Pod as {} right after its move",
+                        plan.network, spec.ifname
+                    ))
+                })?;
+            config.mac = vf.mac;
+        }
         Ok(config)
     }
 
@@ -633,16 +702,29 @@ impl Agent {
             .iter()
             .filter(|n| only.is_none_or(|o| o == n.as_str()))
         {
-            match b.vfs.detach_vf(netns, ifname).await {
-                Ok(Some(record)) => {
-                    if let Some((pf, index)) = &record.parent {
-                        if let Err(e) = b.vfs.set_pf_settings(pf, *index, &record.pf).await {
-                            errors.push(format!("restoring VF {index} of {pf}: {e}"));
-                        }
-                    }
+            // The PF first, while the record is still on the VF: a failure
+            // leaves the record for the retry to restore from.
+            let record = match b.vfs.inspect_vf(netns, ifname).await {
+                Ok(Some(vf)) => vf.record,
+                Ok(None) => continue,
+                Err(e) => {
+                    errors.push(format!("reading VF {ifname}: {e}"));
+                    continue;
                 }
-                Ok(None) => {}
-                Err(e) => errors.push(format!("giving back VF {ifname}: {e}")),
+            };
+            if let Some((pf, index)) = record.as_ref().and_then(|r| r.parent.as_ref()) {
+                let restore = record
+                    .as_ref()
+                    .map(|r| r.pf)
+                    .unwrap_or_default()
+                    .to_restore();
+                if let Err(e) = b.vfs.set_pf_settings(pf, *index, &restore).await {
+                    errors.push(format!("restoring VF {index} of {pf}: {e}"));
+                    continue;
+                }
+            }
+            if let Err(e) = b.vfs.detach_vf(netns, ifname).await {
+                errors.push(format!("giving back VF {ifname}: {e}"));
             }
         }
         errors
@@ -675,7 +757,14 @@ impl Agent {
     }
 
     async fn undo(&self, steps: Vec<Undo>) {
+        // A PF whose settings could not be put back keeps its VF's label:
+        // the record is what the recovery restores the PF from.
+        let mut keep_labels = false;
         for step in steps.into_iter().rev() {
+            if keep_labels && matches!(step, Undo::VfLabel { .. }) {
+                tracing::warn!(step = ?step, "VF left labelled for the recovery to restore");
+                continue;
+            }
             let res = match &step {
                 Undo::Port { bridge, port } => self
                     .switch
@@ -698,6 +787,15 @@ impl Agent {
                         .map_err(|e| e.to_string()),
                     None => Ok(()),
                 },
+                Undo::VfLabel { netdev } => match &self.sriov {
+                    Some(b) => b
+                        .vfs
+                        .restore_host_vf(netdev)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    None => Ok(()),
+                },
                 Undo::PfSettings { pf, index, restore } => match &self.sriov {
                     Some(b) => b
                         .vfs
@@ -713,6 +811,7 @@ impl Agent {
                     .map_err(|e| e.to_string()),
             };
             if let Err(e) = res {
+                keep_labels |= matches!(step, Undo::PfSettings { .. });
                 tracing::warn!(step = ?step, error = %e, "undoing a failed ADD step failed; the sweep retries");
             }
         }
@@ -750,6 +849,12 @@ impl Agent {
             ifnames.insert(ifname);
         }
         errors.extend(self.release_vfs(std::path::Path::new(&c.netns), only).await);
+        // A sandbox that died before its DEL returned its VFs to the host
+        // under the Pod's names: give them their own back now rather than
+        // at the next sweep.
+        if let Err(e) = self.recover_vfs().await {
+            errors.push(e);
+        }
         let owners = self.container_owners(c, only);
         ifnames.extend(owners.iter().map(|k| owner_ifname(k).to_string()));
         if let Some(o) = only {
@@ -813,44 +918,60 @@ impl Agent {
         let c = call(req)?;
         let prev = prev_result(&req.config)?;
         let role = role(&req.config)?;
-        let wanted: Vec<String> = match role {
+        if matches!(role, Role::Ipam(..)) {
+            return Ok(());
+        }
+        let info = self
+            .cluster
+            .pod(&c.pod.namespace, &c.pod.name)
+            .await
+            .map_err(|e| CniError::try_again_later(e.to_string()))?
+            .ok_or_else(|| {
+                CniError::unknown_container(format!(
+                    "Pod {}/{} does not exist",
+                    c.pod.namespace, c.pod.name
+                ))
+            })?;
+        let ns_ann = self.cluster.namespace_annotations(&c.pod.namespace);
+        let view = PodView {
+            namespace: &c.pod.namespace,
+            name: &c.pod.name,
+            annotations: &info.annotations,
+            namespace_annotations: ns_ann.as_ref(),
+        };
+        let pools = |name: &str| self.ipam.cache().layout(name);
+        let bridges = self.bridge_names();
+        let plans = match role {
             Role::Ipam(..) => return Ok(()),
-            Role::Single(..) => vec![c.ifname.clone()],
+            Role::Single(cfg, name) => {
+                let network = format!("{}/{}", c.pod.namespace, name);
+                let element = element_from_runtime(&req.config, &c.ifname)?;
+                vec![
+                    plan_single(&view, &network, &cfg, &element, &pools, &bridges)
+                        .map_err(attach_error)?,
+                ]
+            }
             Role::Native { .. } => {
-                let info = self
-                    .cluster
-                    .pod(&c.pod.namespace, &c.pod.name)
-                    .await
-                    .map_err(|e| CniError::try_again_later(e.to_string()))?
-                    .ok_or_else(|| {
-                        CniError::unknown_container(format!(
-                            "Pod {}/{} does not exist",
-                            c.pod.namespace, c.pod.name
-                        ))
-                    })?;
-                let ns_ann = self.cluster.namespace_annotations(&c.pod.namespace);
-                let view = PodView {
-                    namespace: &c.pod.namespace,
-                    name: &c.pod.name,
-                    annotations: &info.annotations,
-                    namespace_annotations: ns_ann.as_ref(),
-                };
                 let nads = |ns: &str, n: &str| self.cluster.nad(ns, n);
-                let pools = |name: &str| self.ipam.cache().layout(name);
-                let plans = plan_native(&view, &nads, &pools, &self.bridge_names())
-                    .map_err(attach_error)?;
-                let (ports, errors) = self.access_ports().await;
-                if !errors.is_empty() {
-                    return Err(CniError::io(errors.join("; ")));
-                }
-                for plan in &plans {
-                    if let Some(bridge) = plan.bridge() {
-                        check_port(&ports, &c, bridge, &plan.ifname, plan.vlan())?;
-                    }
-                }
-                plans.into_iter().map(|p| p.ifname).collect()
+                plan_native(&view, &nads, &pools, &bridges).map_err(attach_error)?
             }
         };
+        let (ports, errors) = self.access_ports().await;
+        if !errors.is_empty() {
+            return Err(CniError::io(errors.join("; ")));
+        }
+        for plan in &plans {
+            if let Some(bridge) = plan.bridge() {
+                check_port(&ports, &c, bridge, &plan.ifname, plan.vlan())?;
+            }
+        }
+        let devices = self.sriov_devices(&c, &plans).await?;
+        for plan in &plans {
+            if let Some(pci) = devices.get(&plan.ifname) {
+                self.check_vf(&c, plan, *pci).await?;
+            }
+        }
+        let wanted: Vec<String> = plans.into_iter().map(|p| p.ifname).collect();
         for ifname in &wanted {
             let state = self
                 .links
@@ -874,6 +995,66 @@ impl Agent {
                         )));
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// CHECK of an SR-IOV interface: the Pod's `ifname` is the VF the
+    /// kubelet assigned (its Spur record names that PCI address) and, on
+    /// bare metal, its PF still sets the network's VLAN on it.
+    async fn check_vf(
+        &self,
+        c: &Call,
+        plan: &NetworkPlan,
+        pci: PciAddress,
+    ) -> Result<(), CniError> {
+        let b = self.sriov_backends(&plan.network)?;
+        let netns = std::path::Path::new(&c.netns);
+        let ifname = &plan.ifname;
+        let vf = b
+            .vfs
+            .inspect_vf(netns, ifname)
+            .await
+            .map_err(|e| link_error(&format!("network {}", plan.network), &e))?
+            .ok_or_else(|| {
+                CniError::io(format!(
+                    "network {}: interface {ifname} is missing from {}",
+                    plan.network, c.netns
+                ))
+            })?;
+        let Some(record) = vf.record else {
+            return Err(CniError::io(format!(
+                "network {}: interface {ifname} is not a VF Spur attached (no Spur record in \
+                 its alias)",
+                plan.network
+            )));
+        };
+        if record.pci != pci {
+            return Err(CniError::io(format!(
+                "network {}: interface {ifname} is VF {}, but the Pod's device is {pci}",
+                plan.network, record.pci
+            )));
+        }
+        if !vf.up {
+            return Err(CniError::io(format!(
+                "network {}: VF {pci} ({ifname}) is down",
+                plan.network
+            )));
+        }
+        if let Some((pf, index)) = &record.parent {
+            let set = b
+                .vfs
+                .pf_settings(pf, *index)
+                .await
+                .map_err(|e| CniError::io(format!("network {}: {e}", plan.network)))?;
+            if set.vlan != plan.vlan() {
+                return Err(CniError::io(format!(
+                    "network {}: VF {index} of {pf} ({ifname}) is on VLAN {}, not {}",
+                    plan.network,
+                    set.vlan,
+                    plan.vlan()
+                )));
             }
         }
         Ok(())

@@ -14,8 +14,9 @@
 //! Metrics: `spur_agent_cni_request_duration_seconds{command}` (histogram,
 //! 1 ms .. 10 s), `spur_agent_cni_errors_total{command,code}`,
 //! `spur_agent_ovsdb_reconnects_total` (read from the OVSDB client at
-//! scrape time), `spur_agent_ready` and
-//! `spur_agent_stale_ports_removed_total`.
+//! scrape time), `spur_agent_ready`,
+//! `spur_agent_stale_ports_removed_total` and
+//! `spur_agent_vfs_recovered_total`.
 //!
 //! What does not live here: the CNI verbs (`cni`), the sweep (`sweep`) and
 //! the readiness decision itself ([`Agent::not_ready_reason`]).
@@ -132,6 +133,7 @@ pub struct AgentMetrics {
     errors: Family<ErrorLabels, Counter>,
     ready: Gauge,
     stale_removed: Counter,
+    vfs_recovered: Counter,
     reconnects: ReconnectSource,
 }
 
@@ -156,6 +158,7 @@ impl AgentMetrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let ready = Gauge::default();
         let stale_removed = Counter::default();
+        let vfs_recovered = Counter::default();
         registry.register(
             "spur_agent_cni_request_duration_seconds",
             "Time the agent took to serve a CNI request, by verb (failed requests included).",
@@ -176,6 +179,12 @@ impl AgentMetrics {
             "Pod ports removed because their sandbox or Pod was gone.",
             stale_removed.clone(),
         );
+        registry.register(
+            "spur_agent_vfs_recovered",
+            "SR-IOV VFs given back (PF settings and name restored) after their Pod's namespace \
+             went away without a DEL or an ADD was cut short.",
+            vfs_recovered.clone(),
+        );
         let reconnects: ReconnectSource = Arc::new(RwLock::new(None));
         registry.register_collector(Box::new(ReconnectCollector {
             source: reconnects.clone(),
@@ -186,6 +195,7 @@ impl AgentMetrics {
             errors,
             ready,
             stale_removed,
+            vfs_recovered,
             reconnects,
         }
     }
@@ -212,6 +222,16 @@ impl AgentMetrics {
     /// Adds `n` to the stale ports removed.
     pub fn add_stale_ports_removed(&self, n: u64) {
         self.stale_removed.inc_by(n);
+    }
+
+    /// Adds `n` to the VFs given back by the recovery.
+    pub fn add_vfs_recovered(&self, n: u64) {
+        self.vfs_recovered.inc_by(n);
+    }
+
+    /// How many VFs the recovery gave back so far.
+    pub fn vfs_recovered(&self) -> u64 {
+        self.vfs_recovered.get()
     }
 
     /// Sets the readiness gauge.
@@ -441,6 +461,7 @@ mod tests {
         m.set_ready(true);
         m.add_stale_ports_removed(2);
         m.add_stale_ports_removed(1);
+        m.add_vfs_recovered(2);
         let count = Arc::new(std::sync::atomic::AtomicU64::new(4));
         let c = count.clone();
         m.set_ovsdb_reconnects(move || c.load(std::sync::atomic::Ordering::SeqCst));
@@ -450,6 +471,7 @@ mod tests {
             text.contains("spur_agent_stale_ports_removed_total 3"),
             "{text}"
         );
+        assert!(text.contains("spur_agent_vfs_recovered_total 2"), "{text}");
         assert!(
             text.contains("spur_agent_ovsdb_reconnects_total 4"),
             "{text}"

@@ -101,6 +101,29 @@ pub struct Agent {
     bridge_error: RwLock<Option<String>>,
     metrics: Arc<metrics::AgentMetrics>,
     sriov: Option<SriovBackends>,
+    /// VFs an ADD or the recovery is working on right now (see
+    /// [`VfClaim`]).
+    vf_claims: std::sync::Mutex<std::collections::BTreeSet<spur_core::sriov::PciAddress>>,
+}
+
+/// A VF one task of the agent is working on: an ADD from the moment it
+/// picks the VF until the VF is in the Pod, or the recovery while it gives
+/// a VF back. A VF is claimed by one task at a time, so the recovery never
+/// mistakes a VF an ADD has labelled but not yet moved for one a dead
+/// sandbox returned. Dropping the claim releases it.
+pub(crate) struct VfClaim<'a> {
+    agent: &'a Agent,
+    pci: spur_core::sriov::PciAddress,
+}
+
+impl Drop for VfClaim<'_> {
+    fn drop(&mut self) {
+        self.agent
+            .vf_claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.pci);
+    }
 }
 
 /// What the agent needs for SR-IOV networks: the node's sysfs, the
@@ -144,6 +167,7 @@ impl Agent {
             bridge_error: RwLock::new(None),
             metrics: Arc::new(metrics::AgentMetrics::new()),
             sriov: None,
+            vf_claims: std::sync::Mutex::default(),
         }
     }
 
@@ -288,6 +312,17 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Claims the VF `pci` for the calling task; `None` when another task
+    /// holds it.
+    pub(crate) fn claim_vf(&self, pci: spur_core::sriov::PciAddress) -> Option<VfClaim<'_>> {
+        let fresh = self
+            .vf_claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pci);
+        fresh.then_some(VfClaim { agent: self, pci })
     }
 
     /// Why the agent cannot serve ADD now, if it cannot.

@@ -107,6 +107,9 @@ pub async fn start_up(agent: &Agent, cluster_ready: impl Future<Output = ()>) ->
         Ok(n) => tracing::info!(removed = n, "state rebuilt from OVSDB and the API"),
         Err(e) => tracing::warn!(error = %e, "stale-port sweep failed; retrying every resync"),
     }
+    if let Err(e) = agent.recover_vfs().await {
+        tracing::warn!(error = %e, "giving back VFs left on the node failed; retrying every resync");
+    }
     StartUp { bridges, swept }
 }
 

@@ -12,6 +12,16 @@
 //! A stale port is removed with its veth, and the addresses of its
 //! interface are released. A live Pod's sandbox netns exists and its Pod
 //! exists, so its addresses are never released here.
+//!
+//! SR-IOV VFs have no port: a VF whose Pod netns went away is back in the
+//! node's namespace (the kernel moves a physical device home rather than
+//! deleting it), under the Pod's interface name and still carrying the
+//! Spur record in its alias. [`Agent::recover_vfs`] finds such VFs and
+//! restores the PF's settings and the VF's name from that record; it runs
+//! with every sweep and with every DEL. The addresses of such an interface
+//! are released by the sandbox's DEL (by its container ID), taken over by
+//! the Pod's next sandbox, or collected by the controller once the Pod is
+//! gone.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -135,6 +145,69 @@ impl Agent {
         self.remove_ports(&gone).await
     }
 
+    /// Gives back every VF that is in the agent's namespace with a Spur
+    /// record on it: a VF whose Pod namespace went away without a DEL
+    /// (the kernel brings it home under the Pod's interface name) or that
+    /// an interrupted ADD left labelled. The PF's settings are restored
+    /// from the record first, then the VF's name, and the record is
+    /// cleared last, so an interrupted recovery is finished by the next
+    /// one. VFs an ADD is working on are skipped. Returns how many VFs
+    /// were given back.
+    pub async fn recover_vfs(&self) -> Result<usize, String> {
+        let Some(b) = &self.sriov else {
+            return Ok(0);
+        };
+        let host = b
+            .vfs
+            .host_vfs()
+            .await
+            .map_err(|e| format!("listing the VFs of the node: {e}"))?;
+        let mut errors = Vec::new();
+        let mut restored = 0;
+        for (netdev, record) in host {
+            let Some(_claim) = self.claim_vf(record.pci) else {
+                continue;
+            };
+            match self.give_back_host_vf(b, &netdev, &record).await {
+                Ok(true) => restored += 1,
+                Ok(false) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(restored)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Gives back one labelled VF of the host (the caller holds its
+    /// claim): the PF's settings from `record`, then the VF's name, the
+    /// label last. `Ok(false)` when the VF was no longer there labelled.
+    pub(crate) async fn give_back_host_vf(
+        &self,
+        b: &super::SriovBackends,
+        netdev: &str,
+        record: &crate::sriov::vf::VfRecord,
+    ) -> Result<bool, String> {
+        if let Some((pf, index)) = &record.parent {
+            b.vfs
+                .set_pf_settings(pf, *index, &record.pf.to_restore())
+                .await
+                .map_err(|e| format!("restoring VF {index} of {pf} ({}): {e}", record.pci))?;
+        }
+        match b.vfs.restore_host_vf(netdev).await {
+            Ok(Some(_)) => {
+                tracing::info!(netdev = %netdev, name = %record.name, pci = %record.pci,
+                    "gave back a VF that a Pod's sandbox or an ADD left on the node");
+                self.metrics.add_vfs_recovered(1);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(format!("giving back VF {} ({netdev}): {e}", record.pci)),
+        }
+    }
+
     async fn port_is_stale(&self, ids: &BTreeMap<String, String>) -> Result<bool, String> {
         let netns = ids.get(port_keys::NETNS).map(String::as_str).unwrap_or("");
         if netns.is_empty() || !self.links.netns_exists(Path::new(netns)).await {
@@ -193,6 +266,9 @@ pub async fn resync_once(agent: &Agent, source: &mut ConfigSource) {
         Ok(0) => {}
         Ok(n) => tracing::info!(removed = n, "stale Pod ports removed"),
         Err(e) => tracing::warn!(error = %e, "stale-port sweep failed"),
+    }
+    if let Err(e) = agent.recover_vfs().await {
+        tracing::warn!(error = %e, "giving back VFs left on the node failed");
     }
     if let Err(e) = agent.ipam().settle().await {
         tracing::debug!(error = %e, "IPAM work left over");

@@ -3,7 +3,8 @@
 //! ```text
 //! spur-agent run --node-name NODE [--config FILE] [--kubeconfig FILE]
 //!                [--cni-socket PATH] [--ovsdb PATH] [--datapath netdev|system]
-//!                [--metrics-addr HOST:PORT]
+//!                [--metrics-addr HOST:PORT] [--sysfs-root DIR]
+//!                [--pod-resources-socket PATH] [--sriov-emulated-nics]
 //! spur-agent ipam show POOL [--kubeconfig FILE]
 //! spur-agent install-cni [--plugin-src PATH] [--cni-bin-dir DIR]
 //!                        [--cni-conf-dir DIR] [--mode native|multus]
@@ -73,6 +74,23 @@ struct RunArgs {
     #[arg(long, env = "SPUR_METRICS_ADDR", value_name = "HOST:PORT",
           default_value = spur_node::agent::metrics::DEFAULT_ADDR)]
     metrics_addr: String,
+    /// Where sysfs is mounted for SR-IOV discovery (PFs, VFs, their PCI
+    /// addresses and netdevs under DIR/sys/...); a test harness points it
+    /// at an emulated tree.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    sysfs_root: PathBuf,
+    /// The kubelet's PodResources socket: which VFs the kubelet gave each
+    /// Pod (native mode).
+    #[arg(long, value_name = "PATH",
+          default_value = spur_node::podresources::DEFAULT_SOCKET)]
+    pod_resources_socket: PathBuf,
+    /// The PFs are the hardware harness's emulated NICs (an OVS bridge per
+    /// PF in this node's OVS, a representor access port `{PF}r{k}` per VF)
+    /// instead of real SR-IOV NICs: VF VLAN, MAC, QoS, spoof check and
+    /// trust are kept on the representor ports instead of being set
+    /// through the PF with netlink. For spur-hil, not for real nodes.
+    #[arg(long)]
+    sriov_emulated_nics: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -127,6 +145,36 @@ async fn show(kubeconfig: Option<PathBuf>, pool: &str) -> Result<String, String>
     Ok(spur_node::ipam::show::render(&report))
 }
 
+/// The agent's SR-IOV boundaries: sysfs under `--sysfs-root`, the
+/// kubelet's PodResources at `--pod-resources-socket` (connected lazily:
+/// a node without SR-IOV Pods never dials it), VFs over netlink with the
+/// PF settings through netlink or, with `--sriov-emulated-nics`, on the
+/// emulated NICs' OVS representor ports.
+async fn sriov_backends(
+    args: &RunArgs,
+    switch: &spur_node::ovsdb::Client,
+) -> Result<spur_node::agent::SriovBackends, String> {
+    use std::sync::Arc;
+    let mut vfs = spur_node::sriov::netlink::RtNetlinkVfs::new()
+        .await
+        .map_err(|e| format!("netlink (SR-IOV VFs): {e}"))?;
+    if args.sriov_emulated_nics {
+        tracing::info!("SR-IOV: PFs are emulated NICs (OVS representor ports)");
+        vfs = vfs.with_pf_driver(Arc::new(spur_node::sriov::emulated::EmulatedPf::new(
+            switch.clone(),
+        )));
+    }
+    tracing::info!(sysfs_root = %args.sysfs_root.display(),
+        pod_resources = %args.pod_resources_socket.display(), "SR-IOV discovery");
+    Ok(spur_node::agent::SriovBackends {
+        sysfs: spur_node::sriov::sysfs::Sysfs::new(&args.sysfs_root),
+        pod_resources: Arc::new(spur_node::podresources::KubeletPodResources::connect(
+            &args.pod_resources_socket,
+        )),
+        vfs: Arc::new(vfs),
+    })
+}
+
 async fn run(kubeconfig: Option<PathBuf>, args: RunArgs) -> Result<(), String> {
     use spur_core::config::AgentConfig;
     use spur_node::agent::run::ConfigSource;
@@ -163,6 +211,7 @@ async fn run(kubeconfig: Option<PathBuf>, args: RunArgs) -> Result<(), String> {
     let links = spur_node::netdev::RtNetlinkLinks::new()
         .await
         .map_err(|e| format!("netlink: {e}"))?;
+    let sriov = sriov_backends(&args, &switch).await?;
     let ipam_config = spur_node::ipam::IpamConfig {
         timeout: std::time::Duration::from_secs(u64::from(config.api_timeout_seconds.max(1))),
         node: Some(args.node_name.clone()),
@@ -170,17 +219,20 @@ async fn run(kubeconfig: Option<PathBuf>, args: RunArgs) -> Result<(), String> {
     };
     let ipam = spur_node::ipam::Ipam::start(client.clone(), ipam_config);
     let cluster = KubeCluster::start(client, &args.node_name);
-    let agent = Arc::new(Agent::new(
-        AgentSettings {
-            node: args.node_name.clone(),
-            datapath,
-        },
-        config,
-        ipam,
-        Arc::new(cluster.clone()),
-        Arc::new(switch.clone()),
-        Arc::new(links),
-    ));
+    let agent = Arc::new(
+        Agent::new(
+            AgentSettings {
+                node: args.node_name.clone(),
+                datapath,
+            },
+            config,
+            ipam,
+            Arc::new(cluster.clone()),
+            Arc::new(switch.clone()),
+            Arc::new(links),
+        )
+        .with_sriov(sriov),
+    );
     agent
         .metrics()
         .set_ovsdb_reconnects(move || switch.reconnects());

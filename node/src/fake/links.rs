@@ -150,6 +150,8 @@ struct LinksState {
     vfs: BTreeMap<String, HostVf>,
     /// (PF, VF index) -> what the PF sets.
     pf_vfs: BTreeMap<(String, u16), PfVfSettings>,
+    /// VF PCI address -> the name its driver gives it (after a reboot).
+    vf_driver_names: BTreeMap<String, String>,
     next_index: u32,
     fail_create: BTreeSet<String>,
 }
@@ -297,16 +299,35 @@ impl FakeLinks {
     /// failures and the hook stay.)
     pub fn reboot(&self) {
         let mut s = self.lock();
-        s.netns.clear();
+        // Every VF, in a Pod or not, comes back in the agent's netns under
+        // its driver's name, without alias or addresses, and the PFs
+        // forget what was set for them.
+        let mut vfs: Vec<HostVf> = std::mem::take(&mut s.vfs).into_values().collect();
+        for links in std::mem::take(&mut s.netns).into_values() {
+            for l in links.into_values() {
+                if let LinkKind::Vf { pci, .. } = l.kind {
+                    vfs.push(HostVf {
+                        pci,
+                        index: l.index,
+                        mtu: l.mtu,
+                        mac: l.mac,
+                        alias: String::new(),
+                        addresses: Vec::new(),
+                        up: false,
+                    });
+                }
+            }
+        }
         s.hosts.clear();
-        // VFs come back under their driver's names, without aliases, and
-        // the PFs forget what was set for them.
-        let vfs = std::mem::take(&mut s.vfs);
-        for (_, mut vf) in vfs {
+        for mut vf in vfs {
             vf.alias.clear();
             vf.addresses.clear();
             vf.up = false;
-            let name = format!("vf{}", vf.pci.replace([':', '.'], ""));
+            let name = s
+                .vf_driver_names
+                .get(&vf.pci)
+                .cloned()
+                .unwrap_or_else(|| format!("vf{}", vf.pci.replace([':', '.'], "")));
             s.vf_home(&name, vf);
         }
         for set in s.pf_vfs.values_mut() {
@@ -320,6 +341,7 @@ impl FakeLinks {
     pub fn add_vf(&self, name: &str, pci: &str, mac: [u8; 6], pf: Option<(&str, u16)>) {
         let mut s = self.lock();
         let index = s.index();
+        s.vf_driver_names.insert(pci.to_string(), name.to_string());
         s.vfs.insert(
             name.to_string(),
             HostVf {
@@ -823,8 +845,9 @@ impl VfLinks for FakeLinks {
             };
             cur.vlan = settings.vlan;
             cur.qos = settings.qos;
-            if settings.mac.is_some() {
-                cur.mac = settings.mac;
+            // The all-zero MAC is "none", as drivers take it.
+            if let Some(m) = settings.mac {
+                cur.mac = (m.0 != [0; 6]).then_some(m);
             }
             if settings.spoofchk.is_some() {
                 cur.spoofchk = settings.spoofchk;
@@ -919,6 +942,56 @@ impl VfLinks for FakeLinks {
                 addresses: Vec::new(),
                 up: false,
             };
+            s.vf_home(&record.name, vf);
+            Ok(Some(record))
+        })
+    }
+
+    fn label_host_vf<'a>(
+        &'a self,
+        netdev: &'a str,
+        record: &'a VfRecord,
+    ) -> BoxFuture<'a, Result<(), NetdevError>> {
+        Box::pin(async move {
+            self.point(&self.vf_point(Op::SetPfSettings, None, netdev))
+                .await?;
+            let mut s = self.lock();
+            let Some(vf) = s.vfs.get_mut(netdev) else {
+                return Err(kernel("label VF", Netns::Agent, netdev, Errno::ENODEV));
+            };
+            vf.alias = record.render();
+            Ok(())
+        })
+    }
+
+    fn host_vfs<'a>(&'a self) -> BoxFuture<'a, Result<Vec<(String, VfRecord)>, NetdevError>> {
+        Box::pin(async move {
+            self.point(&self.vf_point(Op::InspectVf, None, "")).await?;
+            let s = self.lock();
+            Ok(s.vfs
+                .iter()
+                .filter_map(|(name, vf)| Some((name.clone(), VfRecord::parse(&vf.alias)?)))
+                .collect())
+        })
+    }
+
+    fn restore_host_vf<'a>(
+        &'a self,
+        netdev: &'a str,
+    ) -> BoxFuture<'a, Result<Option<VfRecord>, NetdevError>> {
+        Box::pin(async move {
+            self.point(&self.vf_point(Op::DetachVf, None, netdev))
+                .await?;
+            let mut s = self.lock();
+            let Some(record) = s.vfs.get(netdev).and_then(|vf| VfRecord::parse(&vf.alias)) else {
+                return Ok(None);
+            };
+            let Some(mut vf) = s.vfs.remove(netdev) else {
+                return Ok(None);
+            };
+            vf.alias.clear();
+            vf.addresses.clear();
+            vf.up = false;
             s.vf_home(&record.name, vf);
             Ok(Some(record))
         })

@@ -12,7 +12,9 @@
 //! before 1.27 do not have it; later ones gate it behind the
 //! `KubeletPodResourcesGet` feature), remembering that so later calls go
 //! straight to `List`. [`StaticPodResources`] is the in-memory stand-in for
-//! tests and the simulator.
+//! tests and the simulator. [`server::PodResourcesServer`] serves the same
+//! gRPC API on a unix socket (the hardware harness's kubelet stand-in, the
+//! client's tests).
 //!
 //! No `protoc` and no build script: the messages in [`proto`] are written by
 //! hand from the upstream `api.proto` (same field numbers and types) with
@@ -21,6 +23,7 @@
 
 mod client;
 pub mod proto;
+pub mod server;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -157,6 +160,11 @@ impl StaticPodResources {
     pub fn remove(&self, namespace: &str, pod: &str) -> Option<PodDevices> {
         self.lock()
             .remove(&(namespace.to_string(), pod.to_string()))
+    }
+
+    /// Every recorded Pod, by (namespace, name), with its devices.
+    pub fn snapshot(&self) -> BTreeMap<(String, String), PodDevices> {
+        self.lock().clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), PodDevices>> {

@@ -14,14 +14,19 @@
 //!   [`sysfs`]), the same type the SR-IOV decisions of `spur-core` use.
 //! - [`vf::VfLinks`]: setting a VF up through its PF, moving its netdev
 //!   into a Pod and back, with the VF's own restore record.
-//! - [`netlink::RtNetlinkVfs`]: [`vf::VfLinks`] over netlink (the PF's
-//!   `IFLA_VFINFO_LIST`, the netdev moved and configured in the Pod netns).
+//! - [`netlink::RtNetlinkVfs`]: [`vf::VfLinks`] over netlink (the netdev
+//!   moved and configured in the Pod netns), the VFs' settings held by
+//!   their PFs behind [`netlink::PfDriver`]: [`netlink::NetlinkPf`] (the
+//!   PF's `IFLA_VFINFO_LIST`, real NICs) or [`emulated::EmulatedPf`] (the
+//!   hardware harness's emulated NICs: an OVS bridge per PF, a
+//!   representor access port per VF).
 //!
 //! The in-memory stand-in of [`vf::VfLinks`] is `crate::fake::FakeLinks`;
 //! the agent's SR-IOV attach and detach are in `crate::agent` (an agent
 //! built without [`crate::agent::SriovBackends`] refuses SR-IOV networks,
 //! naming the node).
 
+pub mod emulated;
 pub mod netlink;
 pub mod sysfs;
 pub mod vf;

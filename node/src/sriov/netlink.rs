@@ -44,9 +44,11 @@
 //! `/proc/thread-self/ns/net` opened by [`RtNetlinkVfs::new`] on the thread
 //! that opens the connection, i.e. the very netns of the connection.
 //!
-//! PF side: `RTM_GETLINK` with `IFLA_EXT_MASK = RTEXT_FILTER_VF` read
-//! through `IFLA_VFINFO_LIST`, and `RTM_SETLINK` with one `IFLA_VF_INFO`
-//! (VLAN, MAC, spoof check, trust).
+//! PF side: behind the [`PfDriver`] boundary. [`NetlinkPf`] (the default)
+//! does `RTM_GETLINK` with `IFLA_EXT_MASK = RTEXT_FILTER_VF` read through
+//! `IFLA_VFINFO_LIST`, and `RTM_SETLINK` with one `IFLA_VF_INFO` (VLAN,
+//! MAC, spoof check, trust); the harness's emulated NICs have their own
+//! driver (`super::emulated`).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
@@ -87,12 +89,117 @@ const OP_LIST: &str = "list the VFs in the Pod";
 /// code, which never reads it (the VF's MAC is set separately).
 const UNUSED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 
-/// [`VfLinks`] over netlink (see the module doc).
+/// The driver of a PF's per-VF settings (VLAN and priority, MAC, spoof
+/// check, trust): what [`RtNetlinkVfs`] reads and writes through a PF.
+/// [`NetlinkPf`] is the kernel's (`IFLA_VFINFO_LIST`, a real SR-IOV NIC);
+/// [`super::emulated::EmulatedPf`] is the hardware harness's emulated NIC
+/// (an OVS bridge per PF). Boxed futures keep it usable as `dyn PfDriver`.
+pub trait PfDriver: Send + Sync + std::fmt::Debug {
+    /// What `pf` has set for its VF `index`.
+    fn get<'a>(
+        &'a self,
+        pf: &'a str,
+        index: u16,
+    ) -> BoxFuture<'a, Result<PfVfSettings, NetdevError>>;
+
+    /// Sets VF `index` of `pf`: VLAN and priority, MAC when given, spoof
+    /// check and trust when given. Idempotent.
+    fn set<'a>(
+        &'a self,
+        pf: &'a str,
+        index: u16,
+        settings: &'a PfVfSettings,
+    ) -> BoxFuture<'a, Result<(), NetdevError>>;
+}
+
+/// [`PfDriver`] over netlink: `RTM_GETLINK` of the PF with
+/// `IFLA_EXT_MASK = RTEXT_FILTER_VF` read through `IFLA_VFINFO_LIST`, and
+/// `RTM_SETLINK` with one `IFLA_VF_INFO`.
+#[derive(Clone, Debug)]
+pub struct NetlinkPf {
+    links: RtNetlinkLinks,
+}
+
+impl NetlinkPf {
+    /// The driver on the agent's rtnetlink connection `links`.
+    pub fn new(links: RtNetlinkLinks) -> NetlinkPf {
+        NetlinkPf { links }
+    }
+
+    async fn get_settings(&self, pf: &str, index: u16) -> Result<PfVfSettings, NetdevError> {
+        check_ifname("pf", pf)?;
+        let req = RouteNetlinkMessage::GetLink(get_link_with_vfs(pf));
+        let link = match self.links.host_request(req, NLM_F_ACK).await {
+            Ok(replies) => first_link(replies).ok_or_else(|| NetdevError::Protocol {
+                op: format!("get link {pf}"),
+                netns: Netns::Agent,
+                detail: "no link in the answer".into(),
+            })?,
+            Err(e) if e.kernel_errno() == Some(Errno::ENODEV) => {
+                return Err(NetdevError::Kernel {
+                    op: format!("read VF {index} of the PF"),
+                    netns: Netns::Agent,
+                    ifname: pf.to_owned(),
+                    errno: Errno::ENODEV,
+                    message: None,
+                })
+            }
+            Err(e) => return Err(agent_err("get link", pf, e)),
+        };
+        vf_settings_of(&link, index).ok_or_else(|| NetdevError::InvalidSpec {
+            field: "index".into(),
+            value: index.to_string(),
+            reason: format!("PF {pf} reports no VF {index}"),
+        })
+    }
+
+    async fn set_settings(
+        &self,
+        pf: &str,
+        index: u16,
+        settings: &PfVfSettings,
+    ) -> Result<(), NetdevError> {
+        check_ifname("pf", pf)?;
+        let req = RouteNetlinkMessage::SetLink(set_vf(pf, index, settings));
+        let op = format!("set VF {index} ({})", describe(settings));
+        self.links
+            .host_request(req, NLM_F_ACK)
+            .await
+            .map_err(|e| agent_err(&op, pf, e))?;
+        debug!(pf, index, settings = %describe(settings), "set VF through its PF");
+        Ok(())
+    }
+}
+
+impl PfDriver for NetlinkPf {
+    fn get<'a>(
+        &'a self,
+        pf: &'a str,
+        index: u16,
+    ) -> BoxFuture<'a, Result<PfVfSettings, NetdevError>> {
+        Box::pin(self.get_settings(pf, index))
+    }
+
+    fn set<'a>(
+        &'a self,
+        pf: &'a str,
+        index: u16,
+        settings: &'a PfVfSettings,
+    ) -> BoxFuture<'a, Result<(), NetdevError>> {
+        Box::pin(self.set_settings(pf, index, settings))
+    }
+}
+
+/// [`VfLinks`] over netlink (see the module doc), the PF's per-VF
+/// settings through a [`PfDriver`] ([`NetlinkPf`] unless
+/// [`RtNetlinkVfs::with_pf_driver`] says otherwise).
 #[derive(Clone, Debug)]
 pub struct RtNetlinkVfs {
     links: RtNetlinkLinks,
     /// The netns the connection lives in, for moving netdevs home.
     agent_ns: Arc<File>,
+    /// Reads and writes the VFs' settings held by their PFs.
+    pf: Arc<dyn PfDriver>,
 }
 
 impl RtNetlinkVfs {
@@ -109,9 +216,17 @@ impl RtNetlinkVfs {
         })?;
         let links = RtNetlinkLinks::new().await?;
         Ok(RtNetlinkVfs {
+            pf: Arc::new(NetlinkPf::new(links.clone())),
             links,
             agent_ns: Arc::new(agent_ns),
         })
+    }
+
+    /// The same with `driver` reading and writing the VFs' settings held
+    /// by their PFs (e.g. the harness's emulated NICs).
+    pub fn with_pf_driver(mut self, driver: Arc<dyn PfDriver>) -> RtNetlinkVfs {
+        self.pf = driver;
+        self
     }
 
     fn agent_ns_clone(&self, op: &'static str) -> Result<File, NetdevError> {
@@ -189,21 +304,7 @@ impl RtNetlinkVfs {
     }
 
     async fn pf_get(&self, pf: &str, index: u16) -> Result<PfVfSettings, NetdevError> {
-        check_ifname("pf", pf)?;
-        let Some(link) = self.host_link_msg(pf, get_link_with_vfs(pf)).await? else {
-            return Err(NetdevError::Kernel {
-                op: format!("read VF {index} of the PF"),
-                netns: Netns::Agent,
-                ifname: pf.to_owned(),
-                errno: Errno::ENODEV,
-                message: None,
-            });
-        };
-        vf_settings_of(&link, index).ok_or_else(|| NetdevError::InvalidSpec {
-            field: "index".into(),
-            value: index.to_string(),
-            reason: format!("PF {pf} reports no VF {index}"),
-        })
+        self.pf.get(pf, index).await
     }
 
     async fn pf_set(
@@ -212,12 +313,7 @@ impl RtNetlinkVfs {
         index: u16,
         settings: &PfVfSettings,
     ) -> Result<(), NetdevError> {
-        check_ifname("pf", pf)?;
-        let req = RouteNetlinkMessage::SetLink(set_vf(pf, index, settings));
-        let op = format!("set VF {index} ({})", describe(settings));
-        self.host(&op, pf, req, NLM_F_ACK).await?;
-        debug!(pf, index, settings = %describe(settings), "set VF through its PF");
-        Ok(())
+        self.pf.set(pf, index, settings).await
     }
 
     async fn attach(&self, spec: &VfAttachSpec) -> Result<(), NetdevError> {
@@ -518,9 +614,142 @@ impl RtNetlinkVfs {
     }
 }
 
+/// Host-side recovery: VFs that came home from a dead Pod namespace.
+impl RtNetlinkVfs {
+    async fn host_list(&self) -> Result<Vec<(String, VfRecord)>, NetdevError> {
+        let replies = self
+            .host(
+                "list links",
+                "",
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )
+            .await?;
+        let mut out: Vec<(String, VfRecord)> = replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })
+            .filter_map(|l| {
+                let record = alias_of(&l).and_then(VfRecord::parse)?;
+                let name = l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })?;
+                Some((name, record))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    async fn host_label(&self, netdev: &str, record: &VfRecord) -> Result<(), NetdevError> {
+        check_ifname("netdev", netdev)?;
+        let Some(link) = self.host_link(netdev).await? else {
+            return Err(NetdevError::Kernel {
+                op: "label the VF with its record".into(),
+                netns: Netns::Agent,
+                ifname: netdev.to_owned(),
+                errno: Errno::ENODEV,
+                message: None,
+            });
+        };
+        let req = RouteNetlinkMessage::SetLink(set_alias(link.header.index, &record.render()));
+        self.host("label the VF with its record", netdev, req, NLM_F_ACK)
+            .await?;
+        Ok(())
+    }
+
+    async fn host_restore(&self, netdev: &str) -> Result<Option<VfRecord>, NetdevError> {
+        check_ifname("netdev", netdev)?;
+        let Some(link) = self.host_link(netdev).await? else {
+            return Ok(None);
+        };
+        let Some(record) = alias_of(&link).and_then(VfRecord::parse) else {
+            return Ok(None);
+        };
+        let index = link.header.index;
+        // Down first: a netdev is renamed only while down.
+        self.host(
+            "set link down",
+            netdev,
+            RouteNetlinkMessage::SetLink(set_down(index)),
+            NLM_F_ACK,
+        )
+        .await?;
+        let addrs: Vec<_> = self
+            .host(
+                "list addresses",
+                netdev,
+                RouteNetlinkMessage::GetAddress(msg::dump_addresses()),
+                NLM_F_DUMP,
+            )
+            .await?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        for a in msg::addresses_of(&addrs, index) {
+            let req = RouteNetlinkMessage::DelAddress(msg::new_address(index, &a));
+            match self.links.host_request(req, NLM_F_ACK).await {
+                Ok(_)
+                | Err(NlError::Kernel {
+                    errno: Errno::EADDRNOTAVAIL,
+                    ..
+                }) => {}
+                Err(e) => return Err(agent_err(&format!("delete address {a}"), netdev, e)),
+            }
+        }
+        let home = if netdev == record.name {
+            record.name.clone()
+        } else {
+            let target = if self.host_link(&record.name).await?.is_some() {
+                let fallback = fallback_name(index);
+                warn!(netdev, name = %record.name, fallback = %fallback,
+                    "the VF's own name is taken in the agent's netns: it gets a fallback name");
+                fallback
+            } else {
+                record.name.clone()
+            };
+            if target != netdev {
+                let req = RouteNetlinkMessage::SetLink(rename(index, &target));
+                self.host(&format!("rename to {target}"), netdev, req, NLM_F_ACK)
+                    .await?;
+            }
+            target
+        };
+        let req = RouteNetlinkMessage::SetLink(set_alias(index, ""));
+        self.host("clear alias", &home, req, NLM_F_ACK).await?;
+        debug!(netdev, home = %home, pci = %record.pci, "restored a VF that came home from a Pod");
+        Ok(Some(record))
+    }
+}
+
 impl VfLinks for RtNetlinkVfs {
     fn pod_vfs<'a>(&'a self, netns: &'a Path) -> BoxFuture<'a, Result<Vec<String>, NetdevError>> {
         Box::pin(self.list(netns))
+    }
+
+    fn label_host_vf<'a>(
+        &'a self,
+        netdev: &'a str,
+        record: &'a VfRecord,
+    ) -> BoxFuture<'a, Result<(), NetdevError>> {
+        Box::pin(self.host_label(netdev, record))
+    }
+
+    fn host_vfs<'a>(&'a self) -> BoxFuture<'a, Result<Vec<(String, VfRecord)>, NetdevError>> {
+        Box::pin(self.host_list())
+    }
+
+    fn restore_host_vf<'a>(
+        &'a self,
+        netdev: &'a str,
+    ) -> BoxFuture<'a, Result<Option<VfRecord>, NetdevError>> {
+        Box::pin(self.host_restore(netdev))
     }
 
     fn pf_settings<'a>(

@@ -107,6 +107,33 @@ pub trait VfLinks: Send + Sync {
     /// record (what a DEL gives back). Empty when the namespace is gone.
     fn pod_vfs<'a>(&'a self, netns: &'a Path) -> BoxFuture<'a, Result<Vec<String>, NetdevError>>;
 
+    /// Writes `record` as the alias of the VF `netdev` in the agent's
+    /// namespace, before anything is set on the VF through its PF: an
+    /// agent that dies before the VF is in the Pod leaves a labelled VF,
+    /// which the recovery restores ([`VfLinks::restore_host_vf`]), never
+    /// a VF whose PF settings nobody knows how to undo.
+    fn label_host_vf<'a>(
+        &'a self,
+        netdev: &'a str,
+        record: &'a VfRecord,
+    ) -> BoxFuture<'a, Result<(), NetdevError>>;
+
+    /// The VFs in the agent's namespace whose alias is a Spur record, with
+    /// their records: VFs whose Pod namespace went away (the kernel moves
+    /// a physical device home, under the name it had in the Pod, down and
+    /// without addresses) and VFs an interrupted attach left behind.
+    fn host_vfs<'a>(&'a self) -> BoxFuture<'a, Result<Vec<(String, VfRecord)>, NetdevError>>;
+
+    /// Gives the VF `netdev` of the agent's namespace its own name back
+    /// (the record's; a fallback name when that one is taken), down,
+    /// without addresses or alias, and returns its record; the caller
+    /// restores the PF's settings from it. `Ok(None)` when the netdev is
+    /// gone or carries no Spur record (idempotent).
+    fn restore_host_vf<'a>(
+        &'a self,
+        netdev: &'a str,
+    ) -> BoxFuture<'a, Result<Option<VfRecord>, NetdevError>>;
+
     /// The VF `ifname` in the Pod's namespace, for CNI CHECK and restart
     /// recovery (`None` when absent).
     fn inspect_vf<'a>(
