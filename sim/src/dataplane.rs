@@ -5,8 +5,9 @@
 //!
 //! What lives here: the plain-data description of a testbed's L2 world
 //! ([`Topology`]: nodes with NICs, per-node OVS bridges with trunk uplinks
-//! and access ports, bridge-mode macvlans on a NIC, fabric segments, and
-//! Pod interfaces with addresses), the checks that reject an inconsistent
+//! and access ports, bridge-mode macvlans on a NIC, the embedded switches
+//! of SR-IOV NICs with their VFs, fabric segments, and Pod interfaces with
+//! addresses), the checks that reject an inconsistent
 //! one ([`DataplaneError`]), and the answers ([`Dataplane::reachable`],
 //! [`Dataplane::reachability`], [`Dataplane::multicast`]).
 //!
@@ -19,9 +20,10 @@
 //!
 //! # The model
 //!
-//! Switches are OVS bridges of a node, fabric segments, and one "macvlan
-//! hub" per NIC that has macvlans. Links join a bridge's uplink NIC or a
-//! hub's parent NIC to the segment the NIC is a port of. L2 domains are
+//! Switches are OVS bridges of a node, fabric segments, one "macvlan
+//! hub" per NIC that has macvlans, and one embedded switch per SR-IOV PF.
+//! Links join a bridge's uplink NIC, a hub's parent NIC or a PF to the
+//! segment the NIC or PF is a port of. L2 domains are
 //! connected components of `(switch, VLAN)` pairs, computed once with a
 //! union-find over the VLANs some interface uses (O((switches + links) ×
 //! VLANs in use) to build, near O(1) per reachability query).
@@ -44,6 +46,15 @@
 //!   that input is an error. Multicast reaches a macvlan only when it joined
 //!   the group (the macvlan's multicast address filter), except all-hosts
 //!   groups.
+//! - SR-IOV embedded switch (one per PF, as the harness emulates it: an OVS
+//!   bridge named after the PF with one `vlan_mode=access` port per VF): a
+//!   VF sends and receives only its own VLAN, the one its PF sets for it
+//!   (a VF of a VM node, whose PF the node cannot see, is untagged). Unlike
+//!   an OVS port without a tag, a VF with VLAN 0 is untagged only: frames
+//!   of other VLANs never reach it. The PF is a trunk of every VLAN to the
+//!   segment it is a port of (within the segment's `allowedVLANs`); VFs of
+//!   one PF in one VLAN reach each other through it. It does no snooping:
+//!   multicast floods the VLAN.
 //! - A loop (two paths between two switches in a VLAN some interface uses)
 //!   is an error: the harness's switches run no spanning tree.
 //!
@@ -111,6 +122,29 @@ pub struct Node {
     pub bridges: Vec<OvsBridge>,
     /// Its bridge-mode macvlan interfaces.
     pub macvlans: Vec<Macvlan>,
+    /// Its SR-IOV NICs: one embedded switch per PF (a fabric port like a
+    /// NIC, named by the PF; not also listed in `nics`).
+    pub eswitches: Vec<Eswitch>,
+}
+
+/// The embedded switch of an SR-IOV physical function.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Eswitch {
+    /// The PF (on a VM node, the hypervisor's PF the VFs belong to).
+    pub pf: String,
+    /// The VFs that are Pod interfaces.
+    pub vfs: Vec<VfPort>,
+}
+
+/// A VF of an [`Eswitch`] that a Pod has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VfPort {
+    /// The VF's index on its PF.
+    pub index: u16,
+    /// The VLAN its PF sets for it (0: untagged only).
+    pub vlan: u16,
+    /// The Pod interface it is (`NAMESPACE/POD@IFNAME`).
+    pub interface: String,
 }
 
 /// An OVS bridge of a node.
@@ -284,6 +318,24 @@ pub enum DataplaneError {
         /// The second one.
         second: String,
     },
+    /// A VF's VLAN outside 0..=4094.
+    #[error("VF {index} of {pf}: VLAN {vlan} is out of range (0 for untagged, 1-4094)")]
+    InvalidVfVlan {
+        /// The PF (`node/pf`).
+        pf: String,
+        /// The VF's index.
+        index: u16,
+        /// The VLAN.
+        vlan: u16,
+    },
+    /// One VF index twice on a PF.
+    #[error("VF {index} of {pf} is listed twice")]
+    VfTwice {
+        /// The PF (`node/pf`).
+        pf: String,
+        /// The VF's index.
+        index: u16,
+    },
     /// An access port's VLAN outside 0..=4094.
     #[error(
         "port {port} on {bridge}: VLAN {vlan} is out of range (0 or none for untagged, 1-4094)"
@@ -349,13 +401,16 @@ enum Mode {
     Untagged,
     /// A macvlan on its parent NIC's hub.
     Macvlan,
+    /// An SR-IOV VF on its PF's embedded switch, in this VLAN only (0:
+    /// untagged only).
+    Vf(u16),
 }
 
 impl Mode {
     /// The VLAN the interface's own traffic belongs to.
     fn native(self) -> u16 {
         match self {
-            Mode::Tagged(t) => t,
+            Mode::Tagged(t) | Mode::Vf(t) => t,
             Mode::Untagged | Mode::Macvlan => 0,
         }
     }
@@ -363,7 +418,7 @@ impl Mode {
     /// Whether frames of `vlan` reach the interface at all.
     fn carries(self, vlan: u16) -> bool {
         match self {
-            Mode::Tagged(t) => t == vlan,
+            Mode::Tagged(t) | Mode::Vf(t) => t == vlan,
             Mode::Untagged => true,
             Mode::Macvlan => vlan == 0,
         }
@@ -406,6 +461,7 @@ enum Kind {
     Ovs,
     Segment,
     Hub,
+    Eswitch,
 }
 
 #[derive(Debug, Clone)]
@@ -552,11 +608,18 @@ impl Dataplane {
             Ok(())
         };
         for node in &nodes {
-            let nics: BTreeSet<&str> = node.nics.iter().map(String::as_str).collect();
-            if nics.len() != node.nics.len() {
+            // The node's ports to the fabric: its NICs and its PFs.
+            let all_nics: Vec<&str> = node
+                .nics
+                .iter()
+                .map(String::as_str)
+                .chain(node.eswitches.iter().map(|e| e.pf.as_str()))
+                .collect();
+            let nics: BTreeSet<&str> = all_nics.iter().copied().collect();
+            if nics.len() != all_nics.len() {
                 let mut seen = BTreeSet::new();
-                let again = node.nics.iter().find(|n| !seen.insert(n.as_str()));
-                let nic = again.map(String::as_str).unwrap_or_default();
+                let again = all_nics.iter().find(|n| !seen.insert(**n));
+                let nic = again.copied().unwrap_or_default();
                 return Err(dup("NIC", format!("{}/{nic}", node.name)));
             }
             if node_nics.insert(&node.name, nics.clone()).is_some() {
@@ -682,6 +745,54 @@ impl Dataplane {
                         what: format!("macvlan on {key}"),
                     },
                 )?;
+            }
+            let mut eswitches: Vec<&Eswitch> = node.eswitches.iter().collect();
+            eswitches.sort_by(|a, b| a.pf.cmp(&b.pf));
+            for e in eswitches {
+                let key = NicRef::new(&node.name, &e.pf);
+                let what = format!("embedded switch of PF {key}");
+                if let Some((_, prev)) = nic_owner.get(&key) {
+                    return Err(DataplaneError::NicUsedTwice {
+                        nic: key.to_string(),
+                        first: prev.clone(),
+                        second: what,
+                    });
+                }
+                let sw = switches.len();
+                switches.push(Switch {
+                    kind: Kind::Eswitch,
+                    snooping: false,
+                    endpoints: Vec::new(),
+                    links: Vec::new(),
+                });
+                nic_owner.insert(key.clone(), (sw, what));
+                let mut vfs: Vec<&VfPort> = e.vfs.iter().collect();
+                vfs.sort_by_key(|v| (v.index, v.interface.clone()));
+                for (k, vf) in vfs.iter().enumerate() {
+                    if k > 0 && vfs[k - 1].index == vf.index {
+                        return Err(DataplaneError::VfTwice {
+                            pf: key.to_string(),
+                            index: vf.index,
+                        });
+                    }
+                    if vf.vlan > MAX_VLAN {
+                        return Err(DataplaneError::InvalidVfVlan {
+                            pf: key.to_string(),
+                            index: vf.index,
+                            vlan: vf.vlan,
+                        });
+                    }
+                    attach(
+                        &mut ifaces,
+                        &by_id,
+                        &vf.interface,
+                        Attach {
+                            switch: sw,
+                            mode: Mode::Vf(vf.vlan),
+                            what: format!("VF {} of {key}", vf.index),
+                        },
+                    )?;
+                }
             }
         }
 
@@ -1165,6 +1276,7 @@ mod tests {
             nics: nics.iter().map(|s| s.to_string()).collect(),
             bridges,
             macvlans,
+            eswitches: Vec::new(),
         }
     }
 
@@ -1765,6 +1877,231 @@ mod tests {
 
     /// The multicast testbed: sender, member-a, nonmember-a and other-vlan on
     /// node-a; member-b and nonmember-b on node-b.
+    fn vf(index: u16, vlan: u16, interface: &str) -> VfPort {
+        VfPort {
+            index,
+            vlan,
+            interface: interface.into(),
+        }
+    }
+
+    fn sriov_node(name: &str, nics: &[&str], pf: &str, vfs: Vec<VfPort>) -> Node {
+        Node {
+            eswitches: vec![Eswitch { pf: pf.into(), vfs }],
+            ..node(name, nics, vec![], vec![])
+        }
+    }
+
+    /// metal-a and metal-b with PF ens1f0 (VFs on VLANs 100 and 200, one
+    /// subnet), vm-c with untagged VFs, all on tor-1; an untagged VF of
+    /// metal-a too.
+    fn sriov_fabric() -> Dataplane {
+        Dataplane::build(&Topology {
+            nodes: vec![
+                sriov_node(
+                    "metal-a",
+                    &[],
+                    "ens1f0",
+                    vec![
+                        vf(0, 100, "d/red-a@eth1"),
+                        vf(1, 200, "d/blue-a@eth1"),
+                        vf(2, 0, "d/flat-a@eth1"),
+                        vf(3, 100, "d/red-a2@eth1"),
+                    ],
+                ),
+                sriov_node(
+                    "metal-b",
+                    &[],
+                    "ens1f0",
+                    vec![vf(0, 100, "d/red-b@eth1"), vf(1, 200, "d/blue-b@eth1")],
+                ),
+                sriov_node("vm-c", &[], "ens1f0", vec![vf(0, 0, "d/flat-vm@eth1")]),
+            ],
+            segments: vec![segment(
+                "tor-1",
+                &["metal-a/ens1f0", "metal-b/ens1f0", "vm-c/ens1f0"],
+                None,
+            )],
+            interfaces: vec![
+                itf("d/red-a@eth1", &["10.40.0.10/24"]),
+                itf("d/red-a2@eth1", &["10.40.0.14/24"]),
+                itf("d/blue-a@eth1", &["10.40.0.11/24"]),
+                itf("d/red-b@eth1", &["10.40.0.12/24"]),
+                itf("d/blue-b@eth1", &["10.40.0.13/24"]),
+                itf("d/flat-a@eth1", &["10.41.0.10/24"]),
+                itf("d/flat-vm@eth1", &["10.41.0.11/24"]),
+            ],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn vfs_of_one_vlan_reach_each_other_across_pfs_and_through_one_pf() {
+        let dp = sriov_fabric();
+        assert_groups(
+            &dp,
+            &[
+                &["d/red-a@eth1", "d/red-b@eth1", "d/red-a2@eth1"],
+                &["d/blue-a@eth1", "d/blue-b@eth1"],
+                &["d/flat-a@eth1", "d/flat-vm@eth1"],
+            ],
+        );
+        // One subnet, two VLANs: the VF's VLAN alone keeps them apart, on
+        // one PF and across the fabric.
+        assert!(!dp.reachable("d/red-a@eth1", "d/blue-a@eth1").unwrap());
+        assert!(!dp.reachable("d/red-a@eth1", "d/blue-b@eth1").unwrap());
+        assert!(dp.same_l2("d/red-a@eth1", "d/red-a2@eth1").unwrap());
+    }
+
+    #[test]
+    fn an_untagged_vf_receives_no_tagged_frames_unlike_an_untagged_ovs_port() {
+        let dp = sriov_fabric();
+        let nm = ["d/flat-a@eth1", "d/flat-vm@eth1", "d/blue-a@eth1"];
+        let r = dp
+            .multicast(G, "d/red-a@eth1", &["d/red-b@eth1"], &nm, 10)
+            .unwrap();
+        assert_eq!(r["d/red-b@eth1"], 10);
+        for n in nm {
+            assert_eq!(r[n], 0, "{n} is not in VLAN 100");
+        }
+        // The eswitch does no snooping: a non-member of the VLAN gets the
+        // flood, on the same PF and across the fabric.
+        let r = dp
+            .multicast(
+                G,
+                "d/red-a@eth1",
+                &NONE,
+                &["d/red-a2@eth1", "d/red-b@eth1"],
+                10,
+            )
+            .unwrap();
+        assert_eq!(r["d/red-a2@eth1"], 10);
+        assert_eq!(r["d/red-b@eth1"], 10);
+        // An OVS port without a tag on the same segment sees VLAN 100 at
+        // L2 (a trunk); the untagged VF next to it does not.
+        let mut a = sriov_node(
+            "metal-a",
+            &["eth1"],
+            "ens1f0",
+            vec![vf(0, 100, "d/red-a@eth1"), vf(2, 0, "d/flat-a@eth1")],
+        );
+        a.bridges = vec![bridge(
+            "br",
+            &["eth1"],
+            false,
+            vec![port("p", None, "d/ovs@eth1")],
+        )];
+        let dp = Dataplane::build(&Topology {
+            nodes: vec![a],
+            segments: vec![segment("tor-1", &["metal-a/eth1", "metal-a/ens1f0"], None)],
+            interfaces: vec![
+                itf("d/red-a@eth1", &["10.40.0.10/24"]),
+                itf("d/flat-a@eth1", &["10.41.0.10/24"]),
+                itf("d/ovs@eth1", &["10.41.0.12/24"]),
+            ],
+        })
+        .unwrap();
+        let r = dp
+            .multicast(
+                G,
+                "d/red-a@eth1",
+                &NONE,
+                &["d/ovs@eth1", "d/flat-a@eth1"],
+                10,
+            )
+            .unwrap();
+        assert_eq!(r["d/ovs@eth1"], 10);
+        assert_eq!(r["d/flat-a@eth1"], 0);
+        // Untagged, both: the VF and the OVS port share VLAN 0.
+        assert!(dp.reachable("d/flat-a@eth1", "d/ovs@eth1").unwrap());
+    }
+
+    #[test]
+    fn a_vm_nodes_untagged_vf_reaches_only_untagged_interfaces() {
+        let dp = sriov_fabric();
+        for other in ["d/red-a@eth1", "d/blue-b@eth1"] {
+            assert!(!dp.same_l2("d/flat-vm@eth1", other).unwrap(), "{other}");
+        }
+        assert!(dp.reachable("d/flat-vm@eth1", "d/flat-a@eth1").unwrap());
+    }
+
+    #[test]
+    fn a_pf_off_the_fabric_or_a_vlan_the_segment_drops_isolates_its_vfs() {
+        let build = |allowed: Option<&[&str]>, on_fabric: bool| {
+            let ports: &[&str] = if on_fabric {
+                &["metal-a/ens1f0", "metal-b/ens1f0"]
+            } else {
+                &["metal-a/ens1f0"]
+            };
+            Dataplane::build(&Topology {
+                nodes: vec![
+                    sriov_node("metal-a", &[], "ens1f0", vec![vf(0, 100, "d/a@eth1")]),
+                    sriov_node("metal-b", &[], "ens1f0", vec![vf(0, 100, "d/b@eth1")]),
+                ],
+                segments: vec![segment("tor-1", ports, allowed)],
+                interfaces: vec![
+                    itf("d/a@eth1", &["10.40.0.10/24"]),
+                    itf("d/b@eth1", &["10.40.0.11/24"]),
+                ],
+            })
+            .unwrap()
+        };
+        assert!(build(None, true).reachable("d/a@eth1", "d/b@eth1").unwrap());
+        assert!(!build(None, false)
+            .reachable("d/a@eth1", "d/b@eth1")
+            .unwrap());
+        assert!(!build(Some(&["200"]), true)
+            .reachable("d/a@eth1", "d/b@eth1")
+            .unwrap());
+        assert!(build(Some(&["100"]), true)
+            .reachable("d/a@eth1", "d/b@eth1")
+            .unwrap());
+    }
+
+    #[test]
+    fn inconsistent_sriov_inputs_are_errors_naming_the_culprit() {
+        let one = |n: Node| {
+            Dataplane::build(&Topology {
+                nodes: vec![n],
+                segments: vec![],
+                interfaces: vec![
+                    itf("d/a@eth1", &["10.40.0.10/24"]),
+                    itf("d/b@eth1", &["10.40.0.11/24"]),
+                ],
+            })
+        };
+        let e = one(sriov_node(
+            "n",
+            &[],
+            "ens1f0",
+            vec![vf(0, 100, "d/a@eth1"), vf(0, 100, "d/b@eth1")],
+        ))
+        .unwrap_err();
+        assert_eq!(e.to_string(), "VF 0 of n/ens1f0 is listed twice");
+        let e = one(sriov_node(
+            "n",
+            &[],
+            "ens1f0",
+            vec![vf(3, 4095, "d/a@eth1")],
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("VF 3 of n/ens1f0: VLAN 4095"), "{e}");
+        let e = one(sriov_node("n", &["ens1f0"], "ens1f0", vec![])).unwrap_err();
+        assert_eq!(e, dup("NIC", "n/ens1f0"));
+        let e = one(sriov_node(
+            "n",
+            &[],
+            "ens1f0",
+            vec![vf(0, 100, "d/a@eth1"), vf(1, 100, "d/a@eth1")],
+        ))
+        .unwrap_err();
+        assert!(matches!(e, DataplaneError::AttachedTwice { .. }), "{e}");
+        let mut n = sriov_node("n", &[], "ens1f0", vec![]);
+        n.bridges = vec![bridge("br", &["ens1f0"], false, vec![])];
+        let e = one(n).unwrap_err();
+        assert!(matches!(e, DataplaneError::NicUsedTwice { .. }), "{e}");
+    }
+
     fn mcast(snoop: bool) -> Dataplane {
         two_nodes(
             snoop,

@@ -7,6 +7,13 @@
 //! and the objects involved, so the run can print the seed, the invariant
 //! and the trace that led there.
 //!
+//! SR-IOV VFs are physical devices: they move between namespaces but are
+//! never created or deleted, so none may be lost, be in two places, sit in
+//! a namespace no live sandbox has, or be in a Pod the kubelet's device
+//! manager did not give it to; and once the cluster has settled every VF
+//! outside a live sandbox is back in the host as it was at the start
+//! ([`vfs_accounted`]).
+//!
 //! What does not live here: collecting the facts (the world), the data-
 //! plane answers (`crate::dataplane`), and deciding when a check applies
 //! (some hold only once garbage collection has converged).
@@ -21,6 +28,7 @@ use spur_core::ipam::address;
 use spur_core::ipamblock::{IPAMBlock, Owner, OwnerKind};
 use spur_core::ippool::{IPPool, PoolLayout};
 use spur_core::pool::Family;
+use spur_core::sriov::PfVfSettings;
 
 /// The largest number of allocations a block holds (the window's size).
 pub const MAX_BLOCK_ALLOCATIONS: usize = 64;
@@ -420,6 +428,190 @@ pub fn retries_idempotent(node: &str, att: &Attachments, held: &[Held]) -> Vec<V
     out
 }
 
+/// Where a node's kernel shows a VF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VfPlace {
+    /// In the agent's (host) namespace.
+    Host {
+        /// Its netdev name there.
+        name: String,
+        /// Its alias (empty: none).
+        alias: String,
+    },
+    /// In a Pod's namespace.
+    Pod {
+        /// The namespace's path.
+        netns: String,
+        /// Its name there.
+        ifname: String,
+    },
+}
+
+impl fmt::Display for VfPlace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VfPlace::Host { name, alias } if alias.is_empty() => write!(f, "the host as {name}"),
+            VfPlace::Host { name, alias } => {
+                write!(f, "the host as {name} (alias {alias:?})")
+            }
+            VfPlace::Pod { netns, ifname } => write!(f, "namespace {netns} as {ifname}"),
+        }
+    }
+}
+
+/// One VF of a node as the node's kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfState {
+    /// The node.
+    pub node: String,
+    /// Its PCI address.
+    pub pci: String,
+    /// Its own netdev name (as the node came up).
+    pub netdev: String,
+    /// Every place it is seen (exactly one, unless something is wrong).
+    pub places: Vec<VfPlace>,
+    /// What its PF sets for it now (None: a VM node, no PF).
+    pub pf_settings: Option<PfVfSettings>,
+    /// What its PF set for it at the start.
+    pub initial: Option<PfVfSettings>,
+}
+
+/// The Pod a live sandbox belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxOwner {
+    /// `NAMESPACE/NAME`.
+    pub pod: String,
+    /// The Pod's UID the sandbox was made for.
+    pub uid: String,
+}
+
+/// Nothing leaks a VF. Always: every VF is in exactly one place; a VF in a
+/// Pod's namespace is in a live sandbox's (`sandboxes`: (node, netns path)
+/// to its Pod) whose Pod the device manager gave it to (`granted`: (node,
+/// Pod UID) to PCI addresses). Once `settled` (the cluster converged, or
+/// every Pod is gone): every VF outside a live sandbox is in the host under
+/// its own name, without alias, with the PF settings it had at the start.
+pub fn vfs_accounted(
+    vfs: &[VfState],
+    sandboxes: &BTreeMap<(String, String), SandboxOwner>,
+    granted: &BTreeMap<(String, String), BTreeSet<String>>,
+    settled: bool,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for vf in vfs {
+        let who = format!("node {}: VF {} ({})", vf.node, vf.pci, vf.netdev);
+        match vf.places.as_slice() {
+            [] => out.push(violation(
+                "vf-ownership",
+                format!("{who} is nowhere: neither in the host nor in a Pod"),
+            )),
+            [_] => {}
+            many => out.push(violation(
+                "vf-ownership",
+                format!(
+                    "{who} is in {} places at once: {}",
+                    many.len(),
+                    many.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
+        let mut in_live_sandbox = false;
+        for place in &vf.places {
+            let VfPlace::Pod { netns, .. } = place else {
+                continue;
+            };
+            match sandboxes.get(&(vf.node.clone(), netns.clone())) {
+                None => out.push(violation(
+                    "vf-ownership",
+                    format!("{who} is in {place}, which no live sandbox has"),
+                )),
+                Some(owner) => {
+                    in_live_sandbox = true;
+                    let given = granted
+                        .get(&(vf.node.clone(), owner.uid.clone()))
+                        .is_some_and(|g| g.contains(&vf.pci));
+                    if !given {
+                        out.push(violation(
+                            "vf-ownership",
+                            format!(
+                                "{who} is in {place} of Pod {} (UID {}), which the device \
+                                 manager did not give it",
+                                owner.pod, owner.uid
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if !settled || in_live_sandbox {
+            continue;
+        }
+        if let Some(p) = vf_not_home(vf) {
+            out.push(violation("vf-returned", format!("{who}: {p}")));
+        }
+    }
+    out
+}
+
+/// Why a VF no Pod holds is not back as it was at the start (None: it
+/// is).
+pub fn vf_not_home(vf: &VfState) -> Option<String> {
+    match vf.places.as_slice() {
+        [VfPlace::Host { name, alias }] => {
+            if *name != vf.netdev {
+                return Some(format!(
+                    "is back in the host as {name}, not under its own name"
+                ));
+            }
+            if !alias.is_empty() {
+                return Some(format!("is back in the host with alias {alias:?}"));
+            }
+        }
+        places => {
+            return Some(format!(
+                "no Pod holds it, but it is in {}",
+                places
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    }
+    if vf.pf_settings != vf.initial {
+        return Some(format!(
+            "its PF sets {} for it, not {} as at the start",
+            settings_text(vf.pf_settings.as_ref()),
+            settings_text(vf.initial.as_ref())
+        ));
+    }
+    None
+}
+
+/// What a PF sets for a VF, as `ip link show` words it (`-`: not known).
+fn settings_text(s: Option<&PfVfSettings>) -> String {
+    let Some(s) = s else {
+        return "nothing (no PF)".to_string();
+    };
+    let flag = |b: Option<bool>| match b {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "-",
+    };
+    format!(
+        "mac {}, vlan {}, qos {}, spoofchk {}, trust {}",
+        s.mac
+            .map_or_else(|| "00:00:00:00:00:00".to_string(), |m| m.to_string()),
+        s.vlan,
+        s.qos,
+        flag(s.spoofchk),
+        flag(s.trust)
+    )
+}
+
 /// IPAM objects stay within their size bounds.
 pub fn ipam_objects_bounded(blocks: &[IPAMBlock]) -> Vec<Violation> {
     blocks
@@ -631,6 +823,102 @@ mod tests {
         let (h, _) = held(&blocks);
         let v = retries_idempotent("node-a", &att, &h);
         assert_eq!(v.len(), 2, "{v:?}");
+    }
+
+    fn vf(places: Vec<VfPlace>, vlan: u16) -> VfState {
+        let defaults = PfVfSettings {
+            spoofchk: Some(true),
+            trust: Some(false),
+            ..PfVfSettings::default()
+        };
+        VfState {
+            node: "n".into(),
+            pci: "0000:3b:01.0".into(),
+            netdev: "ens1f0v0".into(),
+            places,
+            pf_settings: Some(PfVfSettings { vlan, ..defaults }),
+            initial: Some(defaults),
+        }
+    }
+
+    fn home(name: &str, alias: &str) -> VfPlace {
+        VfPlace::Host {
+            name: name.into(),
+            alias: alias.into(),
+        }
+    }
+
+    fn in_pod(netns: &str) -> VfPlace {
+        VfPlace::Pod {
+            netns: netns.into(),
+            ifname: "eth1".into(),
+        }
+    }
+
+    #[test]
+    fn a_vf_is_in_one_live_sandbox_of_a_pod_it_was_given_to() {
+        let sandboxes = BTreeMap::from([(
+            ("n".to_string(), "/ns/a".to_string()),
+            SandboxOwner {
+                pod: "default/a".into(),
+                uid: "u-a".into(),
+            },
+        )]);
+        let granted = BTreeMap::from([(
+            ("n".to_string(), "u-a".to_string()),
+            BTreeSet::from(["0000:3b:01.0".to_string()]),
+        )]);
+        let none = BTreeMap::new();
+        let ok = vf(vec![in_pod("/ns/a")], 100);
+        assert!(vfs_accounted(std::slice::from_ref(&ok), &sandboxes, &granted, true).is_empty());
+        let v = vfs_accounted(std::slice::from_ref(&ok), &sandboxes, &none, false);
+        assert_eq!(v.len(), 1);
+        assert!(v[0].detail.contains("did not give it"), "{v:?}");
+        let v = vfs_accounted(
+            &[vf(vec![in_pod("/ns/gone")], 0)],
+            &sandboxes,
+            &granted,
+            false,
+        );
+        assert!(v[0].detail.contains("no live sandbox"), "{v:?}");
+        let v = vfs_accounted(
+            &[vf(vec![in_pod("/ns/a"), home("ens1f0v0", "")], 0)],
+            &sandboxes,
+            &granted,
+            false,
+        );
+        assert!(v[0].detail.contains("2 places"), "{v:?}");
+        let v = vfs_accounted(&[vf(vec![], 0)], &sandboxes, &granted, false);
+        assert!(v[0].detail.contains("nowhere"), "{v:?}");
+    }
+
+    #[test]
+    fn once_settled_a_free_vf_is_home_under_its_name_as_it_was() {
+        let none: BTreeMap<(String, String), SandboxOwner> = BTreeMap::new();
+        let nothing: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+        let clean = vf(vec![home("ens1f0v0", "")], 0);
+        assert!(vfs_accounted(std::slice::from_ref(&clean), &none, &nothing, true).is_empty());
+        for (bad, want) in [
+            (vf(vec![home("eth1", "")], 0), "not under its own name"),
+            (
+                vf(vec![home("ens1f0v0", "spur-vf name=ens1f0v0")], 0),
+                "alias",
+            ),
+            (
+                vf(vec![home("ens1f0v0", "")], 100),
+                "sets mac 00:00:00:00:00:00, vlan 100, qos 0, spoofchk on, trust off for it, \
+                 not mac 00:00:00:00:00:00, vlan 0",
+            ),
+        ] {
+            assert!(
+                vfs_accounted(std::slice::from_ref(&bad), &none, &nothing, false).is_empty(),
+                "only once settled"
+            );
+            let v = vfs_accounted(&[bad], &none, &nothing, true);
+            assert_eq!(v.len(), 1, "{v:?}");
+            assert_eq!(v[0].invariant, "vf-returned");
+            assert!(v[0].detail.contains(want), "{v:?}");
+        }
     }
 
     #[test]

@@ -21,6 +21,17 @@
 //! grace period 0. A node reboot ([`Kubelet::node_rebooted`]) loses every
 //! sandbox: new ones are made (new container IDs) once the agent answers.
 //!
+//! Extended resources (SR-IOV VFs) go through the kubelet's device
+//! manager ([`Devices`], shared by every node's kubelet and the world):
+//! before a Pod's first sandbox the kubelet admits it with the devices its
+//! containers' limits ask for; a refusal leaves the Pod not ready with the
+//! kubelet's message, without a sandbox and without retries (as kubelet's
+//! admission failures are final). An admitted Pod's devices are listed in
+//! the node's PodResources (`StaticPodResources`, in an order other than
+//! PCI order, as a kubelet may list them) and, under Multus, passed as each
+//! delegate's `deviceID` (`spur_hil::kubelet::multus::device_ids`); they
+//! are released once the Pod is gone, after its sandbox's DEL.
+//!
 //! The kubelet's view ([`Kubelet::pods`]) and the log of every CNI call
 //! ([`Kubelet::calls`]) are what the world reports and checks invariants
 //! on. Everything is async on the caller's runtime: no threads, no
@@ -52,7 +63,9 @@ use spur_core::status::{self, NETWORK_STATUS_ANNOTATION};
 use spur_core::Subject;
 use spur_hil::kubelet::cni::plugin_config;
 use spur_hil::kubelet::{multus, pod_netns_name, primary_conflist, Delegate};
+use spur_node::podresources::StaticPodResources;
 use spur_node::watch_backoff::{derive_seed, WatchBackoff};
+use spur_testbed::sriov::{pod_requests, Allocation, DeviceManager};
 use spur_testbed::{CniMode, PodRef};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -208,6 +221,171 @@ pub struct PodView {
     pub sandboxes: u32,
 }
 
+/// One Pod admitted with devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// Its node.
+    pub node: String,
+    /// Its UID.
+    pub uid: String,
+    /// The Pod.
+    pub pod: PodRef,
+    /// Its devices by resource, in PCI order.
+    pub allocation: Allocation,
+}
+
+#[derive(Debug)]
+struct DevicesState {
+    manager: DeviceManager,
+    /// (node, UID) -> the Pod admitted.
+    admitted: BTreeMap<(String, String), PodRef>,
+    /// (node, UID) -> why its admission was refused (final).
+    refused: BTreeMap<(String, String), String>,
+}
+
+/// The kubelets' device managers of a whole testbed
+/// (`spur_testbed::sriov::DeviceManager`), with which Pod each admission
+/// was for and which admissions were refused. Clones share it.
+#[derive(Debug, Clone)]
+pub struct Devices {
+    state: Arc<Mutex<DevicesState>>,
+}
+
+impl Devices {
+    /// Over `manager`, nothing admitted.
+    pub fn new(manager: DeviceManager) -> Devices {
+        Devices {
+            state: Arc::new(Mutex::new(DevicesState {
+                manager,
+                admitted: BTreeMap::new(),
+                refused: BTreeMap::new(),
+            })),
+        }
+    }
+
+    /// Admits Pod `pod` (UID `uid`) on `node` with `requests`: the same
+    /// devices again for a Pod admitted before, the kubelet's message
+    /// again for one refused before (admission failures are final).
+    pub fn admit(
+        &self,
+        node: &str,
+        uid: &str,
+        pod: &PodRef,
+        requests: &BTreeMap<String, u64>,
+    ) -> Result<Allocation, String> {
+        let mut s = lock(&self.state);
+        let key = (node.to_string(), uid.to_string());
+        if let Some(why) = s.refused.get(&key) {
+            return Err(why.clone());
+        }
+        match s.manager.admit(node, uid, requests) {
+            Ok(a) => {
+                s.admitted.insert(key, pod.clone());
+                Ok(a)
+            }
+            Err(why) => {
+                s.refused.insert(key, why.clone());
+                Err(why)
+            }
+        }
+    }
+
+    /// The devices of the Pod of UID `uid` on `node`, if it was admitted.
+    pub fn allocation(&self, node: &str, uid: &str) -> Option<Allocation> {
+        lock(&self.state).manager.allocation(node, uid).cloned()
+    }
+
+    /// The Pod of UID `uid` is gone from `node`: its devices are free and
+    /// its refusal forgotten. Returns what it held.
+    pub fn release(&self, node: &str, uid: &str) -> Option<Allocation> {
+        let mut s = lock(&self.state);
+        let key = (node.to_string(), uid.to_string());
+        s.admitted.remove(&key);
+        s.refused.remove(&key);
+        s.manager.release(node, uid)
+    }
+
+    /// Every admitted Pod with its devices, by node and UID.
+    pub fn admitted(&self) -> Vec<Admitted> {
+        let s = lock(&self.state);
+        s.admitted
+            .iter()
+            .map(|((node, uid), pod)| Admitted {
+                node: node.clone(),
+                uid: uid.clone(),
+                pod: pod.clone(),
+                allocation: s.manager.allocation(node, uid).cloned().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// The UIDs admitted or refused on `node`.
+    pub fn known_uids(&self, node: &str) -> BTreeSet<String> {
+        let s = lock(&self.state);
+        s.admitted
+            .keys()
+            .chain(s.refused.keys())
+            .filter(|(n, _)| n == node)
+            .map(|(_, u)| u.clone())
+            .collect()
+    }
+
+    /// How many devices of `resource` on `node` no Pod holds.
+    pub fn free(&self, node: &str, resource: &str) -> usize {
+        lock(&self.state).manager.free(node, resource)
+    }
+}
+
+/// What a kubelet's device manager works with: the testbed's [`Devices`]
+/// and the node's PodResources (None: the node has no SR-IOV NIC, so the
+/// agent reads none).
+#[derive(Debug, Clone)]
+pub struct KubeletDevices {
+    /// The device managers.
+    pub devices: Devices,
+    /// The node's PodResources API.
+    pub resources: Option<Arc<StaticPodResources>>,
+}
+
+impl KubeletDevices {
+    /// The Pod of UID `uid` (`pod`) is gone from `node`: its devices are
+    /// released, and the node's PodResources lists `pod` with the devices
+    /// of another admitted Pod of that name (a StatefulSet's next Pod), or
+    /// not at all.
+    pub fn forget(&self, node: &str, uid: &str, pod: &PodRef) {
+        self.devices.release(node, uid);
+        let Some(r) = &self.resources else {
+            return;
+        };
+        let next = self
+            .devices
+            .admitted()
+            .into_iter()
+            .find(|a| a.node == node && &a.pod == pod);
+        match next {
+            Some(a) => r.set(&pod.namespace, &pod.name, listed_devices(&a.allocation)),
+            None => {
+                r.remove(&pod.namespace, &pod.name);
+            }
+        }
+    }
+}
+
+/// The device IDs of `allocation` as PodResources lists them: resource to
+/// PCI address strings, each resource's in reverse PCI order (a kubelet
+/// lists them in its own order; the agent must not depend on it).
+pub fn listed_devices(allocation: &Allocation) -> BTreeMap<String, Vec<String>> {
+    allocation
+        .iter()
+        .map(|(r, ids)| {
+            (
+                r.clone(),
+                ids.iter().rev().map(ToString::to_string).collect(),
+            )
+        })
+        .collect()
+}
+
 /// The simulated kubelet of one node. Clones share it.
 #[derive(Clone)]
 pub struct Kubelet {
@@ -235,6 +413,7 @@ struct Inner {
     view: Mutex<BTreeMap<PodRef, PodView>>,
     log: Mutex<Vec<CniCallRecord>>,
     boot: watch::Sender<u64>,
+    devices: Option<KubeletDevices>,
     /// One sandbox set up at a time, in the order the Pods' workers ask
     /// (the order the Pods were created): the node's Pods are attached in
     /// manifest order, as the harness's kubelet stand-in attaches them, so a
@@ -340,6 +519,19 @@ impl Kubelet {
         host: Arc<dyn SandboxHost>,
         clock: Arc<dyn spur_kubeapi::Clock>,
     ) -> Kubelet {
+        Kubelet::with_devices(cfg, client, agent, host, clock, None)
+    }
+
+    /// [`Kubelet::new`] with a device manager: Pods are admitted with the
+    /// devices they ask for before their first sandbox.
+    pub fn with_devices(
+        cfg: KubeletConfig,
+        client: Client,
+        agent: Arc<dyn CniTarget>,
+        host: Arc<dyn SandboxHost>,
+        clock: Arc<dyn spur_kubeapi::Clock>,
+        devices: Option<KubeletDevices>,
+    ) -> Kubelet {
         let seed = cfg.seed;
         Kubelet {
             inner: Arc::new(Inner {
@@ -350,6 +542,7 @@ impl Kubelet {
                 view: Mutex::new(BTreeMap::new()),
                 log: Mutex::new(Vec::new()),
                 boot: watch::Sender::new(0),
+                devices,
                 setup: tokio::sync::Mutex::new(()),
                 cfg,
                 client,
@@ -588,6 +781,8 @@ impl Worker {
         // (uid, ready, reason) last written to the Pod's status.
         let mut written: Option<(String, bool, Option<String>)> = None;
         let mut pending_status: Option<(bool, Option<String>, Vec<IpAddr>)> = None;
+        // The UID the device manager admitted (or refused) last.
+        let mut admitted: Option<String> = None;
         loop {
             let pod = rx.borrow_and_update().clone();
             let Some(pod) = pod else {
@@ -600,6 +795,10 @@ impl Worker {
                         self.wait(&mut rx, d, "", true).await;
                         continue;
                     }
+                }
+                // After its sandbox's DEL: the devices go back.
+                if let Some(u) = admitted.take() {
+                    self.release_devices(&u);
                 }
                 if self.current() {
                     lock(&self.inner().view).remove(&self.key);
@@ -629,6 +828,16 @@ impl Worker {
                 pending_status = None;
                 quick_backoff = Backoff::new(quick);
                 slow_backoff = Backoff::new(slow);
+            }
+            // A previous Pod of this name is gone with its sandbox: its
+            // devices go back.
+            if admitted.as_ref().is_some_and(|u| *u != pod_uid) {
+                if let Some(u) = admitted.take() {
+                    self.release_devices(&u);
+                }
+                failed = 0;
+                written = None;
+                pending_status = None;
             }
             if terminating {
                 if let Some(sb) = sandbox.take() {
@@ -670,6 +879,26 @@ impl Worker {
                 continue;
             }
             if sandbox.is_none() && r.max_attempts.is_none_or(|m| failed < m) {
+                if let Err(why) = self.admit(&pod, &mut admitted).await {
+                    // Final: no sandbox, no retry, until the Pod changes.
+                    failed = failed.max(1);
+                    pending_status = Some((false, Some(why.clone()), Vec::new()));
+                    self.update_view(|v| {
+                        v.sandbox = None;
+                        v.ready = false;
+                        v.last_error = Some(why.clone());
+                        v.failed_attempts = failed;
+                    });
+                    self.write_status(&pod, &mut written, &mut pending_status)
+                        .await;
+                    if pending_status.is_some() {
+                        let d = self.jittered(&mut quick_backoff);
+                        self.wait(&mut rx, d, &pod_uid, false).await;
+                    } else if rx.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 match self.add(&pod).await {
                     Ok(sb) => {
                         failed = 0;
@@ -717,6 +946,39 @@ impl Worker {
             if rx.changed().await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// The device manager's admission of `pod` (in the order the Pods ask,
+    /// as sandboxes are set up): its containers' extended resources, the
+    /// devices listed in the node's PodResources. `admitted` is set to the
+    /// Pod's UID whatever the answer (a refusal is forgotten with the Pod).
+    async fn admit(&self, pod: &Pod, admitted: &mut Option<String>) -> Result<(), String> {
+        let Some(d) = &self.inner().devices else {
+            return Ok(());
+        };
+        let _turn = self.inner().setup.lock().await;
+        let pod_uid = uid(pod);
+        let requests = serde_json::to_value(pod)
+            .map(|v| pod_requests(&v))
+            .unwrap_or_default();
+        *admitted = Some(pod_uid.clone());
+        let node = &self.inner().cfg.node;
+        let allocation = d.devices.admit(node, &pod_uid, &self.key, &requests)?;
+        if let Some(r) = &d.resources {
+            r.set(
+                &self.key.namespace,
+                &self.key.name,
+                listed_devices(&allocation),
+            );
+        }
+        Ok(())
+    }
+
+    /// The Pod of UID `uid` is gone: its devices are released.
+    fn release_devices(&self, uid: &str) {
+        if let Some(d) = &self.inner().devices {
+            d.forget(&self.inner().cfg.node, uid, &self.key);
         }
     }
 
@@ -880,9 +1142,10 @@ impl Worker {
             selection::parse(annotation, &sb.pod.namespace, &sb.pod.name, Naming::Multus)
                 .map_err(|e| Failure::other(e.to_string(), false))?;
         let mut delegates = vec![sb.attachments[0].0.clone()];
+        let mut resources: Vec<(String, Option<String>)> = Vec::new();
         for el in &elements {
             let network = el.network();
-            let config = self
+            let (config, resource) = self
                 .nad_config(&el.namespace, &el.name)
                 .await
                 .map_err(|(e, retry)| Failure::other(format!("network {network}: {e}"), retry))?;
@@ -893,6 +1156,28 @@ impl Worker {
                 )
             })?;
             delegates.push(d);
+            resources.push((network, resource));
+        }
+        if resources.iter().any(|(_, r)| r.is_some()) {
+            // Multus's deviceID: the Pod's devices, matched to the elements.
+            let allocation = self
+                .inner()
+                .devices
+                .as_ref()
+                .and_then(|d| d.devices.allocation(&self.inner().cfg.node, &sb.pod_uid))
+                .map(|a| listed_devices(&a))
+                .unwrap_or_default();
+            let asked: Vec<(&str, Option<&str>)> = resources
+                .iter()
+                .map(|(n, r)| (n.as_str(), r.as_deref()))
+                .collect();
+            let ids =
+                multus::device_ids(&asked, &allocation).map_err(|e| Failure::other(e, false))?;
+            for (d, id) in delegates[1..].iter_mut().zip(ids) {
+                if let Some(id) = id {
+                    multus::set_device_id(d, &id);
+                }
+            }
         }
         multus::check_gateways(&mut delegates).map_err(|e| Failure::other(e, false))?;
         sb.attachments = delegates.into_iter().map(|d| (d, None)).collect();
@@ -923,9 +1208,14 @@ impl Worker {
         Ok(())
     }
 
-    /// The `spec.config` of NAD `ns/name`; the error says whether it is
-    /// worth a quick retry (the API did not answer).
-    async fn nad_config(&self, ns: &str, name: &str) -> Result<String, (String, bool)> {
+    /// The `spec.config` of NAD `ns/name` and the device-plugin resource
+    /// its annotation names; the error says whether it is worth a quick
+    /// retry (the API did not answer).
+    async fn nad_config(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<(String, Option<String>), (String, bool)> {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.inner().client.clone(), ns, &nad_resource());
         let obj = api
@@ -943,12 +1233,19 @@ impl Worker {
                     false,
                 )
             })?;
+        let resource = obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(multus::RESOURCE_NAME_ANNOTATION))
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty());
         obj.data
             .get("spec")
             .and_then(|s| s.get("config"))
             .and_then(Value::as_str)
             .filter(|c| !c.trim().is_empty())
-            .map(str::to_string)
+            .map(|c| (c.to_string(), resource))
             .ok_or_else(|| {
                 (
                     format!(

@@ -24,9 +24,11 @@
 //! - [`faults`]: the fault profiles, planned from the seed;
 //! - [`apiclient`]: each component's link to the API (partitions, latency,
 //!   tracing);
-//! - [`kubelet`], [`plugins`], [`workloads`]: the kubelet and CNI runtime,
-//!   the non-Spur plugins, the scheduler and workload controllers;
-//! - [`dataplane`]: the L2/L3 model answering reachability and multicast;
+//! - [`kubelet`], [`plugins`], [`workloads`]: the kubelet and CNI runtime
+//!   (with the device manager handing out SR-IOV VFs), the non-Spur
+//!   plugins, the scheduler and workload controllers;
+//! - [`dataplane`]: the L2/L3 model answering reachability and multicast
+//!   (OVS bridges, macvlans, SR-IOV embedded switches, fabric segments);
 //! - [`invariants`]: what must hold after every step and at quiescence;
 //! - [`report`]: facts read without disturbing the run, and the report in
 //!   the harness's shape;

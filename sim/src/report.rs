@@ -6,7 +6,8 @@
 //! in-memory back ends, so observing never changes the run. The report is
 //! built from the same sources the harness reads on real nodes: each Pod's
 //! network-status annotation cross-checked against the interfaces in its
-//! namespace, VLANs from the OVS access ports, pools from the IPPools, and
+//! namespace, VLANs from the OVS access ports (a VF's from what its PF sets
+//! for it, as `ip link show PF` reports it), pools from the IPPools, and
 //! reachability and multicast from the data-plane model instead of pings.
 //!
 //! What does not live here: running the cluster ([`crate::world`]) and the
@@ -31,7 +32,10 @@ use spur_testbed::{
 };
 
 use crate::dataplane::{self, Dataplane, Topology};
-use crate::invariants::{self, Acked, Attachments, Held, LivePod, LiveSet, ReadyInterface};
+use crate::invariants::{
+    self, Acked, Attachments, Held, LivePod, LiveSet, ReadyInterface, SandboxOwner, VfPlace,
+    VfState,
+};
 use crate::kubelet::PodView;
 use crate::world::{live_set, pod_ref, World};
 
@@ -70,6 +74,32 @@ pub struct IfaceFact {
     pub macvlan_parent: Option<String>,
     /// The access port serving it (its container's).
     pub port: Option<AccessPort>,
+    /// The VF it is, when it is one.
+    pub vf: Option<VfFact>,
+}
+
+/// Which VF a Pod interface is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfFact {
+    /// Its PF (on a VM node, the hypervisor's).
+    pub pf: String,
+    /// Its index on the PF.
+    pub index: u16,
+    /// The VLAN the PF sets for it (0: untagged; always 0 on a VM node).
+    pub vlan: u16,
+}
+
+impl VfFact {
+    /// The VF as the report's VLAN source sees it: an access port named
+    /// after the VF's representor (`{pf}r{index}`, as the harness names
+    /// it) whose tag is the VF's VLAN.
+    pub fn as_port(&self) -> AccessPort {
+        AccessPort {
+            name: format!("{}r{}", self.pf, self.index),
+            tag: self.vlan,
+            external_ids: BTreeMap::new(),
+        }
+    }
 }
 
 /// Everything the invariants and the report look at, at one instant.
@@ -101,6 +131,12 @@ pub struct Facts {
     pub dataplane: Option<Dataplane>,
     /// Why the data plane could not be built.
     pub dataplane_error: Option<String>,
+    /// Every SR-IOV VF of every node, where it is.
+    pub vfs: Vec<VfState>,
+    /// Live sandboxes by (node, netns path).
+    pub sandboxes: BTreeMap<(String, String), SandboxOwner>,
+    /// The devices each admitted Pod got, by (node, UID).
+    pub granted: BTreeMap<(String, String), BTreeSet<String>>,
 }
 
 fn mac_text(mac: [u8; 6]) -> String {
@@ -229,16 +265,90 @@ impl Facts {
 
         let mut views: BTreeMap<PodRef, PodView> = BTreeMap::new();
         let mut node_state: BTreeMap<String, (Vec<PortInfo>, LinksSnapshot)> = BTreeMap::new();
+        let mut sandboxes = BTreeMap::new();
         for (node, kubelet, switch, links) in world.node_views() {
             for v in kubelet.pods() {
+                if let Some(sb) = &v.sandbox {
+                    sandboxes.insert(
+                        (node.to_string(), sb.netns_path.clone()),
+                        SandboxOwner {
+                            pod: v.pod.to_string(),
+                            uid: sb.pod_uid.clone(),
+                        },
+                    );
+                }
                 views.insert(v.pod.clone(), v);
             }
             let ports = switch.access_ports().into_iter().map(|(_, p)| p).collect();
             node_state.insert(node.to_string(), (ports, links.snapshot()));
         }
 
+        // Per node: VF PCI address -> (PF, index, on a VM node).
+        let mut vf_at: BTreeMap<String, BTreeMap<String, (String, u16, bool)>> = BTreeMap::new();
+        let mut vfs = Vec::new();
+        for (node, sriov) in world.sriov_views() {
+            let Some(sriov) = sriov else { continue };
+            let Some((_, links)) = node_state.get(node) else {
+                continue;
+            };
+            let at = vf_at.entry(node.to_string()).or_default();
+            for nic in &sriov.nics {
+                for vf in &nic.vfs {
+                    let pci = vf.pci.to_string();
+                    at.insert(pci.clone(), (nic.pf.clone(), vf.index, nic.vm));
+                    let mut places: Vec<VfPlace> = links
+                        .vfs
+                        .iter()
+                        .filter(|(_, h)| h.pci == pci)
+                        .map(|(name, h)| VfPlace::Host {
+                            name: name.clone(),
+                            alias: h.alias.clone(),
+                        })
+                        .collect();
+                    for (netns, in_ns) in &links.netns {
+                        for (ifname, l) in in_ns {
+                            if matches!(&l.kind, LinkKind::Vf { pci: p, .. } if *p == pci) {
+                                places.push(VfPlace::Pod {
+                                    netns: netns.display().to_string(),
+                                    ifname: ifname.clone(),
+                                });
+                            }
+                        }
+                    }
+                    let key = (nic.pf.clone(), vf.index);
+                    vfs.push(VfState {
+                        node: node.to_string(),
+                        pci,
+                        netdev: vf.netdev.clone(),
+                        places,
+                        pf_settings: (!nic.vm).then(|| links.pf_vfs.get(&key).copied()).flatten(),
+                        initial: (!nic.vm)
+                            .then(|| sriov.initial.get(&key).copied())
+                            .flatten(),
+                    });
+                }
+            }
+        }
+        let granted = world
+            .devices()
+            .admitted()
+            .into_iter()
+            .map(|a| {
+                let pcis = a
+                    .allocation
+                    .values()
+                    .flatten()
+                    .map(ToString::to_string)
+                    .collect();
+                ((a.node, a.uid), pcis)
+            })
+            .collect();
+
         let mut out = Facts {
             live_sets: sets.iter().filter_map(live_set).collect(),
+            vfs,
+            sandboxes,
+            granted,
             ..Facts::default()
         };
         for owned in pod_objs {
@@ -305,6 +415,18 @@ impl Facts {
                                 tag: p.tag,
                                 external_ids: p.external_ids.clone(),
                             });
+                        let vf = link.and_then(|l| match &l.kind {
+                            LinkKind::Vf { pci, .. } => {
+                                let (pf, index, vm) = vf_at.get(n)?.get(pci)?.clone();
+                                let vlan = if vm {
+                                    0
+                                } else {
+                                    links.pf_vfs.get(&(pf.clone(), index)).map_or(0, |s| s.vlan)
+                                };
+                                Some(VfFact { pf, index, vlan })
+                            }
+                            _ => None,
+                        });
                         let mut annotated = annotated_pools(obj);
                         if annotated.is_empty() {
                             annotated = ns_pools.get(&pod.namespace).cloned().unwrap_or_default();
@@ -316,7 +438,7 @@ impl Facts {
                                 id: pod.interface(&ifname).to_string(),
                                 network: entry.name.clone(),
                                 want_vlan,
-                                vlan: port.as_ref().map(|p| p.tag),
+                                vlan: port.as_ref().map(|p| p.tag).or(vf.as_ref().map(|v| v.vlan)),
                                 want_mtu,
                                 mtu: f.mtu,
                                 pools: wanted_pools,
@@ -334,6 +456,7 @@ impl Facts {
                             }),
                             facts,
                             port,
+                            vf,
                         });
                     }
                 }
@@ -442,13 +565,28 @@ fn build_dataplane(
     let mut nodes = Vec::new();
     for (name, _, switch, _) in world.node_views() {
         let here = on_node.get(name).map(Vec::as_slice).unwrap_or_default();
-        let nics = testbed
-            .spec
-            .nodes
+        let spec_node = testbed.spec.nodes.iter().find(|n| n.name == name);
+        let nics = spec_node.map(|n| n.nics.clone()).unwrap_or_default();
+        // Every PF's embedded switch, with the VFs Pods have.
+        let eswitches = spec_node
+            .map(|n| n.sriov.as_slice())
+            .unwrap_or_default()
             .iter()
-            .find(|n| n.name == name)
-            .map(|n| n.nics.clone())
-            .unwrap_or_default();
+            .map(|pf| dataplane::Eswitch {
+                pf: pf.pf.clone(),
+                vfs: here
+                    .iter()
+                    .filter_map(|i| {
+                        let vf = i.vf.as_ref().filter(|v| v.pf == pf.pf)?;
+                        Some(dataplane::VfPort {
+                            index: vf.index,
+                            vlan: vf.vlan,
+                            interface: i.id.to_string(),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
         let snap = switch.snapshot();
         let bridges = snap
             .bridges
@@ -486,6 +624,7 @@ fn build_dataplane(
             nics,
             bridges,
             macvlans,
+            eswitches,
         });
     }
     let segments = testbed
@@ -609,9 +748,11 @@ pub(crate) fn build(
                     mtu: l.mtu,
                     ips: l.addresses.clone(),
                 });
-                let port = by_interface
-                    .get(&pod.interface(ifname))
-                    .and_then(|i| i.port.clone());
+                let port = by_interface.get(&pod.interface(ifname)).and_then(|i| {
+                    i.port
+                        .clone()
+                        .or_else(|| i.vf.as_ref().map(VfFact::as_port))
+                });
                 let (itf, p) = spur_hil::run::interface_report(
                     pod,
                     entry,

@@ -19,6 +19,17 @@
 //! current), build the report ([`crate::report`]), then delete everything
 //! and check that nothing leaked.
 //!
+//! A node with SR-IOV PFs (`sriov:` in testbed.yaml) gets the emulated
+//! devices both runners share (`spur_testbed::sriov::node_nics`): an
+//! emulated sysfs tree in a temporary directory the world owns (one per
+//! node, removed with the world; it shows each VF's netdev as the node's
+//! kernel, `FakeLinks`, has it, kept current before every back-end call),
+//! the VFs in the node's `FakeLinks` (MACs derived from the node's index,
+//! the PF's index and the VF's; on a VM node without their PF), the PFs as
+//! NICs of the node (bare metal only), a `StaticPodResources` the kubelet
+//! fills when it admits Pods ([`crate::kubelet::Devices`], one device
+//! manager for the testbed), and the agent started with those back ends.
+//!
 //! What does not live here: Spur's logic (the production crates), the
 //! data-plane answers, the report's shape, the invariants' definitions.
 
@@ -49,9 +60,13 @@ use spur_kubeapi::{ApiServer, Store};
 use spur_node::agent::cluster::KubeCluster;
 use spur_node::agent::run::{start_up, ConfigSource};
 use spur_node::agent::sweep::run_periodic;
-use spur_node::agent::{Agent, AgentSettings};
+use spur_node::agent::{Agent, AgentSettings, SriovBackends};
 use spur_node::fake::{FakeLinks, FakeSwitch, FaultHook, FaultPoint, LinkKind};
 use spur_node::ipam::{Ipam, IpamConfig};
+use spur_node::podresources::StaticPodResources;
+use spur_node::sriov::sysfs::SysfsTree;
+use spur_node::sriov::vf::PfVfSettings;
+use spur_testbed::sriov::{node_nics, DeviceManager, Nic};
 use spur_testbed::{PodRef, Testbed};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -60,7 +75,7 @@ use crate::apiclient::{self, Link};
 use crate::clock::SimClock;
 use crate::faults::{self, Fault, Planned, Profile, Targets};
 use crate::invariants::{self, Violation};
-use crate::kubelet::{Kubelet, KubeletConfig, RetryConfig};
+use crate::kubelet::{Devices, Kubelet, KubeletConfig, KubeletDevices, RetryConfig};
 use crate::plugins::{agent_unreachable, CniTarget, ForeignKind, ForeignLink, SandboxHost};
 use crate::rng::{rng_for, seed_for};
 use crate::trace::Trace;
@@ -187,10 +202,25 @@ struct BackendHook {
     latency: Duration,
     /// Failures per mille.
     fail: watch::Sender<u32>,
+    /// The node's SR-IOV devices, whose sysfs is brought up to date before
+    /// every call (the hook belongs to the node's `FakeLinks`: a weak
+    /// link back).
+    sriov: Option<(Arc<NodeSriov>, std::sync::Weak<FakeLinks>)>,
 }
 
 impl FaultHook for BackendHook {
     fn at<'a>(&'a self, point: &'a FaultPoint) -> BoxFuture<'a, Result<(), String>> {
+        if let Some((sriov, links)) = &self.sriov {
+            if let Some(links) = links.upgrade() {
+                if let Err(e) = sriov.sync(&links) {
+                    self.trace.record(
+                        self.clock.elapsed(),
+                        format!("node/{}", self.node),
+                        format!("emulated sysfs not updated: {e}"),
+                    );
+                }
+            }
+        }
         let (delay, fails) = {
             let mut rng = lock(&self.rng);
             let nanos = self.latency.as_nanos() as u64;
@@ -223,6 +253,9 @@ impl FaultHook for BackendHook {
 struct LinksHost {
     links: Arc<FakeLinks>,
     nics: BTreeSet<String>,
+    /// The node's SR-IOV devices: a namespace that goes returns its VFs
+    /// to the host, which sysfs shows at once.
+    sriov: Option<Arc<NodeSriov>>,
 }
 
 fn parse_mac(s: &str) -> [u8; 6] {
@@ -242,6 +275,11 @@ impl SandboxHost for LinksHost {
 
     fn remove_netns(&self, path: &str) -> Result<(), String> {
         self.links.remove_netns(Path::new(path));
+        if let Some(s) = &self.sriov {
+            if let Err(e) = s.sync(&self.links) {
+                tracing::warn!(error = %e, "emulated sysfs not updated");
+            }
+        }
         Ok(())
     }
 
@@ -335,6 +373,129 @@ impl CniTarget for NodeCni {
     }
 }
 
+// ---- SR-IOV -----------------------------------------------------------------
+
+/// A node's SR-IOV NICs as the simulator emulates them.
+pub(crate) struct NodeSriov {
+    /// The PFs and VFs (`node_nics`).
+    pub(crate) nics: Vec<Nic>,
+    /// The emulated sysfs tree.
+    tree: SysfsTree,
+    /// The kubelet's PodResources API of the node.
+    resources: Arc<StaticPodResources>,
+    /// What sysfs shows as each VF's netdev (by PCI address), as last
+    /// written.
+    shown: Mutex<BTreeMap<String, Option<String>>>,
+    /// What each PF set for each of its VFs at the start.
+    pub(crate) initial: BTreeMap<(String, u16), PfVfSettings>,
+}
+
+/// The MAC of VF `vf` of the node's PF `pf` on the node of index `node`:
+/// locally administered, unique in the testbed, the same in every run.
+fn vf_mac(node: usize, pf: usize, vf: u16) -> [u8; 6] {
+    let [n1, n0] = u16::try_from(node).unwrap_or(u16::MAX).to_be_bytes();
+    let [v1, v0] = vf.to_be_bytes();
+    [0x02, n1, n0, u8::try_from(pf).unwrap_or(u8::MAX), v1, v0]
+}
+
+impl NodeSriov {
+    /// Writes the emulated devices of `node` (index `index`): the sysfs
+    /// tree under `root`, the VFs in `links` (and the PFs as NICs on bare
+    /// metal).
+    fn create(
+        node: &spur_testbed::spec::Node,
+        index: usize,
+        root: &Path,
+        links: &FakeLinks,
+    ) -> Result<NodeSriov, SimError> {
+        let nics =
+            node_nics(node).map_err(|e| SimError::Unsupported(format!("testbed.yaml: {e}")))?;
+        let setup = |what: String| {
+            move |e: std::io::Error| {
+                SimError::Setup(format!("node {}: emulated sysfs: {what}: {e}", node.name))
+            }
+        };
+        let tree = SysfsTree::create(root.join(&node.name))
+            .map_err(setup(format!("creating {}", root.display())))?;
+        let mut shown = BTreeMap::new();
+        for (j, nic) in nics.iter().enumerate() {
+            let vfs: Vec<(String, String)> = nic
+                .vfs
+                .iter()
+                .map(|v| (v.pci.to_string(), v.netdev.clone()))
+                .collect();
+            if nic.vm {
+                for (pci, netdev) in &vfs {
+                    tree.add_vm_vf(pci, Some(netdev))
+                        .map_err(setup(format!("VF {pci}")))?;
+                }
+            } else {
+                let listed: Vec<(&str, Option<&str>)> = vfs
+                    .iter()
+                    .map(|(p, n)| (p.as_str(), Some(n.as_str())))
+                    .collect();
+                tree.add_pf(&nic.pf, &nic.pci.to_string(), &listed)
+                    .map_err(setup(format!("PF {}", nic.pf)))?;
+                links.add_nic(&nic.pf, &[]);
+            }
+            for vf in &nic.vfs {
+                let parent = (!nic.vm).then_some((nic.pf.as_str(), vf.index));
+                links.add_vf(
+                    &vf.netdev,
+                    &vf.pci.to_string(),
+                    vf_mac(index, j, vf.index),
+                    parent,
+                );
+                shown.insert(vf.pci.to_string(), Some(vf.netdev.clone()));
+            }
+        }
+        Ok(NodeSriov {
+            nics,
+            tree,
+            resources: Arc::new(StaticPodResources::new()),
+            shown: Mutex::new(shown),
+            initial: links.snapshot().pf_vfs,
+        })
+    }
+
+    /// Makes sysfs show each VF's netdev as `links` has it now: its name in
+    /// the agent's namespace, none while it is in a Pod's (a namespace's
+    /// sysfs lists only its own netdevs). Writes only what changed.
+    fn sync(&self, links: &FakeLinks) -> Result<(), String> {
+        let snap = links.snapshot();
+        let now: BTreeMap<&str, &str> = snap
+            .vfs
+            .iter()
+            .map(|(name, vf)| (vf.pci.as_str(), name.as_str()))
+            .collect();
+        let mut shown = lock(&self.shown);
+        let changed: Vec<(String, Option<String>)> = shown
+            .iter()
+            .filter_map(|(pci, was)| {
+                let is = now.get(pci.as_str()).map(|n| (*n).to_string());
+                (is != *was).then(|| (pci.clone(), is))
+            })
+            .collect();
+        // Old names first, so that a name passed from one VF to another is
+        // free when it is written.
+        for (pci, _) in &changed {
+            self.tree
+                .set_netdev(pci, None)
+                .map_err(|e| format!("VF {pci}: {e}"))?;
+            shown.insert(pci.clone(), None);
+        }
+        for (pci, is) in changed {
+            if let Some(name) = &is {
+                self.tree
+                    .set_netdev(&pci, Some(name))
+                    .map_err(|e| format!("VF {pci} as {name}: {e}"))?;
+            }
+            shown.insert(pci, is);
+        }
+        Ok(())
+    }
+}
+
 // ---- Processes ------------------------------------------------------------
 
 /// A simulated node.
@@ -349,6 +510,8 @@ struct NodeSim {
     agent: Mutex<Option<JoinHandle<()>>>,
     incarnation: Mutex<u32>,
     kubelet: Kubelet,
+    /// Its SR-IOV devices (None: the node has none).
+    sriov: Option<Arc<NodeSriov>>,
 }
 
 /// A controller replica.
@@ -377,6 +540,10 @@ pub struct World {
     /// active): a Pod that failed before then is retried before the run is
     /// judged.
     faults_over: Mutex<Option<tokio::time::Instant>>,
+    /// The kubelets' device managers.
+    devices: Devices,
+    /// Where the emulated sysfs trees live (removed with the world).
+    _sysfs_root: Option<tempfile::TempDir>,
 }
 
 impl Drop for World {
@@ -415,12 +582,22 @@ impl World {
     /// Sets the cluster up: API server, CRDs, admission, Nodes, controller
     /// replicas, the nodes' back ends and kubelets (not yet started).
     async fn build(testbed: &Testbed, opts: &RunOptions) -> Result<World, SimError> {
-        if let Some(n) = testbed.spec.nodes.iter().find(|n| !n.sriov.is_empty()) {
-            return Err(SimError::Unsupported(format!(
-                "testbed.yaml: node {}: sriov: the simulator has no SR-IOV NIC model yet",
-                n.name
-            )));
-        }
+        let devices = Devices::new(
+            DeviceManager::new(&testbed.spec)
+                .map_err(|e| SimError::Unsupported(format!("testbed.yaml: {e}")))?,
+        );
+        let sysfs_root = if testbed.spec.nodes.iter().any(|n| !n.sriov.is_empty()) {
+            Some(
+                tempfile::Builder::new()
+                    .prefix("spur-sim-sysfs-")
+                    .tempdir()
+                    .map_err(|e| {
+                        SimError::Setup(format!("a temporary directory for emulated sysfs: {e}"))
+                    })?,
+            )
+        } else {
+            None
+        };
         let seed = opts.seed;
         let clock = SimClock::start();
         let trace = Trace::new(2000, opts.keep_trace);
@@ -471,6 +648,12 @@ impl World {
             for nic in &n.nics {
                 links.add_nic(nic, &[]);
             }
+            let sriov = match (&sysfs_root, n.sriov.is_empty()) {
+                (Some(root), false) => {
+                    Some(Arc::new(NodeSriov::create(n, i, root.path(), &links)?))
+                }
+                _ => None,
+            };
             let (hook_fail, _) = watch::channel(0u32);
             let hook = Arc::new(BackendHook {
                 clock,
@@ -479,12 +662,13 @@ impl World {
                 rng: Mutex::new(rng_for(seed, &format!("backend/{}", n.name))),
                 latency: opts.latency,
                 fail: hook_fail.clone(),
+                sriov: sriov.clone().map(|s| (s, Arc::downgrade(&links))),
             });
             switch.set_fault_hook(Some(hook.clone()));
             links.set_fault_hook(Some(hook));
             let link = Link::new();
             let cni = Arc::new(NodeCni::default());
-            let kubelet = Kubelet::new(
+            let kubelet = Kubelet::with_devices(
                 KubeletConfig {
                     node: n.name.clone(),
                     mode: testbed.spec.cni_mode,
@@ -504,8 +688,13 @@ impl World {
                 Arc::new(LinksHost {
                     links: links.clone(),
                     nics: n.nics.iter().cloned().collect(),
+                    sriov: sriov.clone(),
                 }),
                 shared_clock.clone(),
+                Some(KubeletDevices {
+                    devices: devices.clone(),
+                    resources: sriov.as_ref().map(|s| s.resources.clone()),
+                }),
             );
             nodes.push(Arc::new(NodeSim {
                 name: n.name.clone(),
@@ -518,6 +707,7 @@ impl World {
                 agent: Mutex::new(None),
                 incarnation: Mutex::new(0),
                 kubelet,
+                sriov,
             }));
         }
         let replicas = (0..REPLICAS)
@@ -549,6 +739,8 @@ impl World {
             controller_config,
             tasks: Vec::new(),
             faults_over: Mutex::new(None),
+            devices,
+            _sysfs_root: sysfs_root,
         })
     }
 
@@ -622,7 +814,7 @@ impl World {
         );
         let cluster = KubeCluster::start_with(client, &node.name, Some(seed));
         let config = node.config.borrow().clone();
-        let agent = Arc::new(Agent::new(
+        let mut agent = Agent::new(
             AgentSettings {
                 node: node.name.clone(),
                 datapath: spur_node::agent::DATAPATH_NETDEV.to_string(),
@@ -632,7 +824,15 @@ impl World {
             Arc::new(cluster.clone()),
             node.switch.clone(),
             node.links.clone(),
-        ));
+        );
+        if let Some(s) = &node.sriov {
+            agent = agent.with_sriov(SriovBackends {
+                sysfs: s.tree.sysfs(),
+                pod_resources: s.resources.clone(),
+                vfs: node.links.clone(),
+            });
+        }
+        let agent = Arc::new(agent);
         let source = ConfigSource::Watch(node.config.subscribe());
         let cni = node.cni.clone();
         let trace = self.trace.clone();
@@ -742,6 +942,8 @@ impl World {
         // workloads — and it must come back to the same state.
         loop {
             tokio::time::sleep(self.opts.check_every).await;
+            self.sync_sysfs();
+            self.collect_devices();
             // One reading of the world serves the invariants and the
             // convergence test (nothing runs in between).
             let facts = crate::report::Facts::collect(&self);
@@ -787,6 +989,8 @@ impl World {
             if quiet && !plan.is_empty() {
                 lock(&self.faults_over).get_or_insert_with(tokio::time::Instant::now);
             }
+            self.sync_sysfs();
+            self.collect_devices();
             let facts = crate::report::Facts::collect(&self);
             for v in self.check(&facts, false) {
                 if seen.insert((v.invariant, v.detail.clone())) {
@@ -890,6 +1094,24 @@ impl World {
             .collect()
     }
 
+    /// The device-plugin resource the testbed's NAD `ns/name` names in its
+    /// `k8s.v1.cni.cncf.io/resourceName` annotation.
+    fn nad_resource(&self, ns: &str, name: &str) -> Option<String> {
+        self.testbed
+            .manifests
+            .iter()
+            .find(|m| {
+                m.kind() == "NetworkAttachmentDefinition"
+                    && m.name() == name
+                    && m.namespace().unwrap_or("default") == ns
+            })?
+            .object
+            .pointer("/metadata/annotations")?
+            .get(spur_hil::kubelet::multus::RESOURCE_NAME_ANNOTATION)?
+            .as_str()
+            .map(str::to_string)
+    }
+
     fn workload_refs(&self) -> Vec<(String, String, String)> {
         self.testbed
             .manifests
@@ -947,6 +1169,7 @@ impl World {
                 self.crash_agent(node);
                 node.switch.wipe();
                 node.links.reboot();
+                self.sync_sysfs();
                 node.kubelet.node_rebooted();
                 self.record(
                     &format!("node/{}", node.name),
@@ -971,11 +1194,18 @@ impl World {
                 for _ in 0..*count {
                     *churn += 1;
                     let (nns, nad) = &nets[(rng.next_u64() % nets.len() as u64) as usize];
+                    // A network of VFs: the Pod asks for one, as its
+                    // users would.
+                    let container = match self.nad_resource(nns, nad) {
+                        Some(r) => json!({"name": "c", "image": "busybox",
+                            "resources": {"limits": {r: "1"}}}),
+                        None => json!({"name": "c", "image": "busybox"}),
+                    };
                     let mut pod = json!({
                         "apiVersion": "v1", "kind": "Pod",
                         "metadata": {"name": format!("churn-{churn}"), "namespace": CHURN_NAMESPACE,
                             "annotations": {"k8s.v1.cni.cncf.io/networks": format!("{nns}/{nad}")}},
-                        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+                        "spec": {"containers": [container]}
                     });
                     self.workloads.place(&mut pod);
                     if let Ok(pod) = serde_json::from_value::<Pod>(pod) {
@@ -1196,6 +1426,12 @@ impl World {
                 dp.l2_domain(id).ok().flatten()
             }));
         }
+        out.extend(invariants::vfs_accounted(
+            &facts.vfs,
+            &facts.sandboxes,
+            &facts.granted,
+            quiescent,
+        ));
         if quiescent {
             out.extend(invariants::allocations_have_live_owners(
                 &facts.held,
@@ -1255,6 +1491,24 @@ impl World {
             &facts.live_sets,
         );
         out.extend(gc.into_iter().map(|v| v.detail));
+        // Every VF no sandbox holds is back in the host under its own
+        // name, without its record (the agent's recovery of VFs from dead
+        // sandboxes may still be on its way; what the PF sets for it is
+        // final by then, and judged by the invariants).
+        for vf in &facts.vfs {
+            let held = vf.places.iter().any(|p| match p {
+                invariants::VfPlace::Pod { netns, .. } => facts
+                    .sandboxes
+                    .contains_key(&(vf.node.clone(), netns.clone())),
+                invariants::VfPlace::Host { .. } => false,
+            });
+            let home = matches!(vf.places.as_slice(),
+                [invariants::VfPlace::Host { name, alias }] if *name == vf.netdev && alias.is_empty());
+            if !held && !home {
+                let why = invariants::vf_not_home(vf).unwrap_or_default();
+                out.push(format!("node {}: VF {}: {why}", vf.node, vf.pci));
+            }
+        }
         let usage = spur_controller::usage::compute_usage(facts.pools.iter(), facts.blocks.iter());
         for p in &facts.pools {
             let name = p.name_any();
@@ -1314,7 +1568,20 @@ impl World {
 
     /// What is left once every Pod is gone.
     fn leaks(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        self.sync_sysfs();
+        self.collect_devices();
+        let facts = crate::report::Facts::collect(self);
+        let mut out: Vec<String> =
+            invariants::vfs_accounted(&facts.vfs, &facts.sandboxes, &facts.granted, true)
+                .into_iter()
+                .map(|v| v.to_string())
+                .collect();
+        for a in self.devices.admitted() {
+            out.push(format!(
+                "node {}: the device manager still holds {:?} for Pod {} (UID {})",
+                a.node, a.allocation, a.pod, a.uid
+            ));
+        }
         let store = self.server.store();
         let pods = store.objects_of("", "pods").len();
         if pods > 0 {
@@ -1371,6 +1638,76 @@ impl World {
             .iter()
             .map(|n| (n.name.as_str(), &n.kubelet, &*n.switch, &*n.links))
     }
+
+    /// Each node with its SR-IOV devices (None: it has none).
+    pub(crate) fn sriov_views(&self) -> impl Iterator<Item = (&str, Option<&NodeSriov>)> {
+        self.nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.sriov.as_deref()))
+    }
+
+    /// The kubelets' device managers.
+    pub(crate) fn devices(&self) -> &Devices {
+        &self.devices
+    }
+
+    /// Brings every node's emulated sysfs up to date with its kernel.
+    fn sync_sysfs(&self) {
+        for n in &self.nodes {
+            if let Some(s) = &n.sriov {
+                if let Err(e) = s.sync(&n.links) {
+                    self.record(
+                        &format!("node/{}", n.name),
+                        format!("emulated sysfs not updated: {e}"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The device manager's side of Pods that went while their kubelet
+    /// could not see them (deleted while the node was rebooting): the
+    /// devices of a Pod UID that is neither in the API nor in a sandbox
+    /// of its kubelet are released, as kubelet's device manager does for
+    /// Pods that are no longer active.
+    fn collect_devices(&self) {
+        let live: BTreeSet<String> = self
+            .server
+            .store()
+            .objects_of("", "pods")
+            .into_iter()
+            .filter_map(|p| p.pointer("/metadata/uid").and_then(Value::as_str))
+            .map(str::to_string)
+            .collect();
+        let admitted = self.devices.admitted();
+        for n in &self.nodes {
+            let busy: BTreeSet<String> = n
+                .kubelet
+                .pods()
+                .into_iter()
+                .filter_map(|v| v.sandbox.map(|s| s.pod_uid))
+                .collect();
+            let kd = KubeletDevices {
+                devices: self.devices.clone(),
+                resources: n.sriov.as_ref().map(|s| s.resources.clone()),
+            };
+            for uid in self.devices.known_uids(&n.name) {
+                if live.contains(&uid) || busy.contains(&uid) {
+                    continue;
+                }
+                match admitted.iter().find(|a| a.node == n.name && a.uid == uid) {
+                    Some(a) => kd.forget(&n.name, &uid, &a.pod),
+                    None => {
+                        self.devices.release(&n.name, &uid);
+                    }
+                }
+                self.record(
+                    &format!("kubelet/{}", n.name),
+                    format!("devices of the gone Pod UID {uid} released"),
+                );
+            }
+        }
+    }
 }
 
 /// True when the last CNI call for `pod` came before the faults were over.
@@ -1408,4 +1745,94 @@ pub(crate) fn pod_ref(obj: &Value) -> PodRef {
             .and_then(Value::as_str)
             .unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use spur_node::sriov::vf::{VfAttachSpec, VfLinks, VfRecord};
+    use spur_testbed::spec::SriovPf;
+
+    fn node(vm: bool) -> spur_testbed::spec::Node {
+        spur_testbed::spec::Node {
+            name: "n".into(),
+            nics: vec![],
+            sriov: vec![SriovPf {
+                pf: "ens1f0".into(),
+                vfs: 2,
+                resource_name: "intel.com/x".into(),
+                vm,
+            }],
+        }
+    }
+
+    #[test]
+    fn sysfs_shows_each_vf_where_the_kernel_has_it() {
+        let root = tempfile::tempdir().unwrap();
+        let links = FakeLinks::new();
+        let s = NodeSriov::create(&node(false), 3, root.path(), &links).unwrap();
+        let sysfs = s.tree.sysfs();
+        let pf = sysfs.pf("ens1f0").unwrap();
+        assert_eq!(pf.vfs.len(), 2);
+        assert_eq!(pf.vfs[1].pci.to_string(), "0000:3b:01.1");
+        assert_eq!(pf.vfs[1].netdev.as_deref(), Some("ens1f0v1"));
+        let snap = links.snapshot();
+        assert_eq!(snap.vfs["ens1f0v1"].mac, [0x02, 0, 3, 0, 0, 1]);
+        assert!(snap.nics.contains_key("ens1f0"), "the PF is a NIC");
+        assert_eq!(s.initial.len(), 2);
+
+        // A Pod's namespace takes VF 1: sysfs no longer shows its netdev.
+        let netns = Path::new("/var/run/netns/p");
+        links.add_netns(netns);
+        let spec = VfAttachSpec {
+            netdev: "ens1f0v1".into(),
+            record: VfRecord {
+                name: "ens1f0v1".into(),
+                pci: "0000:3b:01.1".parse().unwrap(),
+                parent: Some(("ens1f0".into(), 1)),
+                pf: PfVfSettings::default(),
+            },
+            netns: netns.to_path_buf(),
+            ifname: "eth1".into(),
+            mtu: 1500,
+            mac: None,
+            addresses: vec![],
+            routes: vec![],
+            announce: false,
+        };
+        futures::executor::block_on(VfLinks::attach_vf(&links, &spec)).unwrap();
+        s.sync(&links).unwrap();
+        assert_eq!(sysfs.vf("0000:3b:01.1").unwrap().netdev, None);
+        // The namespace goes without a DEL: the VF is home under the name
+        // it had in the Pod, and sysfs says so.
+        links.remove_netns(netns);
+        s.sync(&links).unwrap();
+        let vf = sysfs.vf("0000:3b:01.1").unwrap();
+        assert_eq!(vf.netdev.as_deref(), Some("eth1"));
+        assert_eq!(vf.pf.map(|p| p.index), Some(1));
+        // Back under its own name.
+        futures::executor::block_on(VfLinks::restore_host_vf(&links, "eth1")).unwrap();
+        s.sync(&links).unwrap();
+        assert_eq!(
+            sysfs.vf("0000:3b:01.1").unwrap().netdev.as_deref(),
+            Some("ens1f0v1")
+        );
+        assert!(sysfs.pf("eth1").is_err(), "the old name is gone from sysfs");
+    }
+
+    #[test]
+    fn a_vm_node_sees_its_vfs_without_their_pf() {
+        let root = tempfile::tempdir().unwrap();
+        let links = FakeLinks::new();
+        let s = NodeSriov::create(&node(true), 0, root.path(), &links).unwrap();
+        let vf = s.tree.sysfs().vf("0000:3b:01.0").unwrap();
+        assert_eq!(vf.netdev.as_deref(), Some("ens1f0v0"));
+        assert_eq!(vf.pf, None);
+        assert!(s.tree.sysfs().pf("ens1f0").is_err());
+        let snap = links.snapshot();
+        assert!(snap.pf_vfs.is_empty() && !snap.nics.contains_key("ens1f0"));
+        assert!(s.initial.is_empty());
+    }
 }

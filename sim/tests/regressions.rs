@@ -20,11 +20,15 @@ fn testbed(name: &str) -> Testbed {
 }
 
 fn passes(name: &str, seed: u64) {
+    passes_with(name, seed, Profile::Default);
+}
+
+fn passes_with(name: &str, seed: u64, faults: Profile) {
     let out = run(
         &testbed(name),
         &RunOptions {
             seed,
-            faults: Profile::Default,
+            faults,
             ..RunOptions::default()
         },
     )
@@ -88,4 +92,31 @@ fn faults_are_undone_even_while_others_refuse_requests() {
 fn a_failed_network_status_write_gives_the_taken_over_address_back() {
     passes("bad-inputs", 27);
     passes("bad-inputs", 170);
+}
+
+/// A VF's move into its Pod failed and so did putting its PF back; the
+/// undo still cleared the VF's record, so the MAC the PF had set for the
+/// Pod stayed on the VF with nobody to restore it (fixed: a PF that could
+/// not be restored keeps its VF labelled for the recovery).
+#[test]
+fn a_vf_whose_pf_could_not_be_restored_keeps_its_record() {
+    passes("sriov-fabric", 99);
+}
+
+/// The agent died after taking an address for an interface a VM node's VF
+/// could never serve (a VLAN), before refusing it: the dead sandbox held
+/// the address while the Pod kept failing (fixed: the VF's fit is checked
+/// before any address is taken).
+#[test]
+fn a_vf_a_vm_node_cannot_set_up_never_holds_an_address() {
+    passes_with("sriov-fabric", 2, Profile::Chaos);
+}
+
+/// A failed ADD left its VF labelled and tagged (its PF could not be put
+/// back); the Pod's next ADD took the tagged settings for the VF's original
+/// and its DEL "restored" them (fixed: an ADD gives a labelled VF back
+/// before reading what the PF sets for it).
+#[test]
+fn an_add_gives_a_labelled_vf_back_before_recording_its_original() {
+    passes_with("sriov-ovs-mixed", 30, Profile::Chaos);
 }

@@ -554,3 +554,82 @@ async fn multus_mode_delegates_macvlan_with_spur_ipam_and_refuses_unsimulated_ty
     assert_eq!(reqs.last().unwrap().config["type"], "macvlan");
     assert!(!env.node.netns.lock().unwrap().contains_key(&sb.netns_path));
 }
+
+fn sriov_spec(vfs: u32) -> spur_testbed::spec::TestbedSpec {
+    spur_testbed::spec::TestbedSpec {
+        cni_mode: CniMode::Native,
+        nodes: vec![spur_testbed::spec::Node {
+            name: "n".into(),
+            nics: vec![],
+            sriov: vec![spur_testbed::spec::SriovPf {
+                pf: "ens1f0".into(),
+                vfs,
+                resource_name: "intel.com/x".into(),
+                vm: false,
+            }],
+        }],
+        fabric: vec![],
+    }
+}
+
+#[test]
+fn a_refused_admission_is_final_until_the_pod_is_forgotten() {
+    let devices = Devices::new(DeviceManager::new(&sriov_spec(1)).unwrap());
+    let one = BTreeMap::from([("intel.com/x".to_string(), 1)]);
+    let (a, b) = (PodRef::new("default", "a"), PodRef::new("default", "b"));
+    assert!(devices.admit("n", "uid-a", &a, &one).is_ok());
+    let e = devices.admit("n", "uid-b", &b, &one).unwrap_err();
+    assert!(e.contains("devices unavailable"), "{e}");
+    devices.release("n", "uid-a");
+    // The device is free now, but kubelet does not admit b again.
+    assert_eq!(devices.free("n", "intel.com/x"), 1);
+    assert_eq!(devices.admit("n", "uid-b", &b, &one).unwrap_err(), e);
+    devices.release("n", "uid-b");
+    assert!(devices.admit("n", "uid-b", &b, &one).is_ok());
+    assert_eq!(
+        devices.known_uids("n"),
+        BTreeSet::from(["uid-b".to_string()])
+    );
+}
+
+#[test]
+fn pod_resources_list_devices_out_of_pci_order_and_follow_the_next_pod_of_a_name() {
+    let devices = Devices::new(DeviceManager::new(&sriov_spec(3)).unwrap());
+    let resources = Arc::new(StaticPodResources::new());
+    let kd = KubeletDevices {
+        devices: devices.clone(),
+        resources: Some(resources.clone()),
+    };
+    let web = PodRef::new("default", "web-0");
+    let two = BTreeMap::from([("intel.com/x".to_string(), 2)]);
+    let old = devices.admit("n", "uid-1", &web, &two).unwrap();
+    let listed = listed_devices(&old);
+    assert_eq!(
+        listed["intel.com/x"],
+        ["0000:3b:01.1".to_string(), "0000:3b:01.0".to_string()],
+        "reverse PCI order"
+    );
+    resources.set("default", "web-0", listed);
+    // The StatefulSet's next web-0 was admitted before the old one is
+    // collected: the node keeps listing the new one's devices.
+    let one = BTreeMap::from([("intel.com/x".to_string(), 1)]);
+    let new = devices.admit("n", "uid-2", &web, &one).unwrap();
+    kd.forget("n", "uid-1", &web);
+    let got = futures::executor::block_on(spur_node::podresources::PodResources::devices(
+        resources.as_ref(),
+        "default",
+        "web-0",
+    ))
+    .unwrap();
+    assert_eq!(got, listed_devices(&new));
+    kd.forget("n", "uid-2", &web);
+    assert!(
+        futures::executor::block_on(spur_node::podresources::PodResources::devices(
+            resources.as_ref(),
+            "default",
+            "web-0",
+        ))
+        .is_err()
+    );
+    assert_eq!(devices.free("n", "intel.com/x"), 3);
+}
