@@ -736,6 +736,7 @@ pub fn bench_cni(opts: &BenchOptions, progress: &Progress) -> Result<BenchOutcom
         root: opts.root.clone(),
         bin_dir: opts.bin_dir.clone(),
         real_nics: Vec::new(),
+        real_pfs: Vec::new(),
     };
     let lab = Lab::up(&spec, &lab_opts, cleanup, progress)?;
     let result = with_lab(&lab, &rt, &manifests, opts, &interrupts, progress);

@@ -15,6 +15,17 @@
 //!   what was added in reverse order; on success the network-status
 //!   annotation is written to the Pod through the API.
 //!
+//! Extended resources (SR-IOV VFs), with [`Kubelet::with_devices`]: before
+//! anything else the Pod is admitted by the kubelet's device manager
+//! (`spur_testbed::sriov::DeviceManager`, shared by every node) with what
+//! its containers' limits ask for; a refusal leaves the Pod not ready with
+//! the kubelet's message and no sandbox (admission failures are final).
+//! An admitted Pod's devices go into the node's PodResources record
+//! (`StaticPodResources`, which the run serves to the node's agent over
+//! the PodResources gRPC API) and, in multus mode, into each delegate's
+//! `deviceID` ([`multus::device_ids`]); they are released once the Pod's
+//! sandbox is deleted ([`Kubelet::teardown`]).
+//!
 //! A failed ADD is followed by DEL of everything (as kubelet does after a
 //! failed sandbox setup) and the namespace is removed: the Pod is a
 //! result ([`Sandbox::ready`] false with the CNI error's message), never
@@ -30,8 +41,10 @@
 pub mod cni;
 pub mod multus;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -50,6 +63,9 @@ pub use cni::{
 pub use multus::{Delegate, PRIMARY_NETWORK};
 
 use crate::probe::sys;
+use crate::sriov::NodeSriov;
+use spur_node::podresources::StaticPodResources;
+use spur_testbed::sriov::DeviceManager;
 
 /// The environment variable that tells the `spur` plugin where its
 /// node's agent listens.
@@ -156,6 +172,12 @@ pub struct Sandbox {
     pub teardown_errors: Vec<String>,
     /// How long ADD took, namespace creation included.
     pub add_elapsed: Duration,
+    /// The devices the kubelet admitted the Pod with, by resource, as the
+    /// node's PodResources lists them (empty without extended resources).
+    pub devices: BTreeMap<String, Vec<String>>,
+    /// False when the device manager refused the Pod: no sandbox was
+    /// made (`netns` names the one that would have been).
+    pub admitted: bool,
 }
 
 /// What a DEL of a sandbox did.
@@ -167,6 +189,23 @@ pub struct Teardown {
     pub errors: Vec<String>,
 }
 
+/// The device-manager side of a node's kubelet stand-in (SR-IOV VFs).
+#[derive(Clone, Debug)]
+pub struct KubeletDevices {
+    /// The testbed's device manager (every node's devices).
+    pub manager: Arc<Mutex<DeviceManager>>,
+    /// This node's PodResources record, served to its agent.
+    pub pod_resources: Arc<StaticPodResources>,
+    /// How this node lists its devices (testbed PCI address to device ID).
+    pub node: NodeSriov,
+}
+
+impl KubeletDevices {
+    fn manager(&self) -> std::sync::MutexGuard<'_, DeviceManager> {
+        self.manager.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The kubelet stand-in of one node.
 #[derive(Clone)]
 pub struct Kubelet {
@@ -175,6 +214,7 @@ pub struct Kubelet {
     client: kube::Client,
     rt: tokio::runtime::Handle,
     call_timeout: Duration,
+    devices: Option<KubeletDevices>,
 }
 
 impl std::fmt::Debug for Kubelet {
@@ -277,7 +317,15 @@ impl Kubelet {
             client,
             rt,
             call_timeout: Duration::from_secs(60),
+            devices: None,
         }
+    }
+
+    /// The same with a device manager: Pods are admitted with the
+    /// extended resources they ask for (see the module doc).
+    pub fn with_devices(mut self, devices: KubeletDevices) -> Kubelet {
+        self.devices = Some(devices);
+        self
     }
 
     /// The same with another time limit per plugin call.
@@ -325,8 +373,17 @@ impl Kubelet {
             calls: Vec::new(),
             teardown_errors: Vec::new(),
             add_elapsed: Duration::ZERO,
+            devices: BTreeMap::new(),
+            admitted: true,
         };
         let _span = tracing::info_span!("add_pod", pod = %sb.pod, node = %sb.node).entered();
+        if let Err(reason) = self.admit(pod, &mut sb) {
+            tracing::info!(%reason, "the device manager refused the Pod");
+            sb.admitted = false;
+            sb.reason = Some(reason);
+            sb.add_elapsed = start.elapsed();
+            return sb;
+        }
         if let Err(reason) = create_netns(&sb.netns) {
             sb.reason = Some(reason);
             sb.add_elapsed = start.elapsed();
@@ -398,7 +455,37 @@ impl Kubelet {
                 t.errors.push(e);
             }
         }
+        if t.errors.is_empty() {
+            self.release(sandbox);
+        }
         t
+    }
+
+    /// Device-manager admission: the Pod's extended resources allocated
+    /// and recorded in the node's PodResources (every admitted Pod is
+    /// listed there, with or without devices); `Err` with the kubelet's
+    /// message when the node cannot serve them.
+    fn admit(&self, pod: &Pod, sb: &mut Sandbox) -> Result<(), String> {
+        let Some(dev) = &self.devices else {
+            return Ok(());
+        };
+        let requests = serde_json::to_value(pod)
+            .map(|v| spur_testbed::sriov::pod_requests(&v))
+            .unwrap_or_default();
+        let allocation = dev.manager().admit(&sb.node, &sb.pod_uid, &requests)?;
+        sb.devices = dev.node.listed(&allocation);
+        dev.pod_resources
+            .set(&sb.pod.namespace, &sb.pod.name, sb.devices.clone());
+        Ok(())
+    }
+
+    /// The Pod is gone: its devices are free and its PodResources entry
+    /// removed.
+    fn release(&self, sb: &Sandbox) {
+        if let Some(dev) = &self.devices {
+            dev.manager().release(&sb.node, &sb.pod_uid);
+            dev.pod_resources.remove(&sb.pod.namespace, &sb.pod.name);
+        }
     }
 
     fn runtime(&self, sb: &Sandbox, d: &Delegate) -> RuntimeConf {
@@ -450,15 +537,30 @@ impl Kubelet {
             selection::parse(annotation, &sb.pod.namespace, &sb.pod.name, Naming::Multus)
                 .map_err(|e| e.to_string())?;
         let mut delegates = vec![primary];
+        let mut resources: Vec<(String, Option<String>)> = Vec::new();
         for el in &elements {
             let network = el.network();
-            let config = self
+            let (config, resource) = self
                 .nad_config(&el.namespace, &el.name)
                 .map_err(|e| format!("network {network}: {e}"))?;
             let d = multus::delegate(el, &config).map_err(|e| {
                 format!("network {network}: NetworkAttachmentDefinition {network}: {e}")
             })?;
             delegates.push(d);
+            resources.push((network, resource));
+        }
+        if resources.iter().any(|(_, r)| r.is_some()) {
+            // Multus's deviceID: the Pod's devices, matched to the elements.
+            let asked: Vec<(&str, Option<&str>)> = resources
+                .iter()
+                .map(|(n, r)| (n.as_str(), r.as_deref()))
+                .collect();
+            let ids = multus::device_ids(&asked, &sb.devices)?;
+            for (d, id) in delegates[1..].iter_mut().zip(ids) {
+                if let Some(id) = id {
+                    multus::set_device_id(d, &id);
+                }
+            }
         }
         multus::check_gateways(&mut delegates)?;
         sb.attachments = delegates
@@ -558,20 +660,28 @@ impl Kubelet {
         Ok(())
     }
 
-    /// The `spec.config` of NetworkAttachmentDefinition `ns/name`.
-    fn nad_config(&self, ns: &str, name: &str) -> Result<String, String> {
+    /// The `spec.config` of NetworkAttachmentDefinition `ns/name` and the
+    /// device-plugin resource its annotation names, if any.
+    fn nad_config(&self, ns: &str, name: &str) -> Result<(String, Option<String>), String> {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), ns, &nad_resource());
         let obj = self
             .block_on(api.get_opt(name))
             .map_err(|e| format!("cannot read NetworkAttachmentDefinition {ns}/{name}: {e}"))?
             .ok_or_else(|| format!("NetworkAttachmentDefinition {ns}/{name} not found"))?;
+        let resource = obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(multus::RESOURCE_NAME_ANNOTATION))
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty());
         obj.data
             .get("spec")
             .and_then(|s| s.get("config"))
             .and_then(Value::as_str)
             .filter(|c| !c.trim().is_empty())
-            .map(str::to_string)
+            .map(|c| (c.to_string(), resource))
             .ok_or_else(|| {
                 format!(
                     "NetworkAttachmentDefinition {ns}/{name} has no spec.config (configs from \

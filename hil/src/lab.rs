@@ -13,6 +13,10 @@
 //!   NICs: veths whose other end is in the fabric namespace (TX checksum
 //!   offload off on both ends), or real host interfaces moved in
 //!   (`--real-nic`);
+//! - per node with `sriov:`, its emulated SR-IOV NICs (a sysfs tree, an
+//!   OVS bridge per PF as the embedded switch, a veth pair per VF, an
+//!   uplink into the fabric) or real ones moved in (`--sriov-pf`): see
+//!   [`crate::sriov`];
 //! - a fabric namespace with its own OVS daemons and one OVS bridge per
 //!   segment, each NIC's fabric end a port of its segment's bridge,
 //!   trunking every VLAN or, with `allowedVLANs`, only those (and
@@ -48,6 +52,7 @@ use crate::cleanup::{self, Cleanup, MovedNic, Undo, OWNER_FILE, REAL_NICS_FILE};
 use crate::cmd::{find_tool, Cmd, CmdError};
 use crate::names::{self, LabId, MgmtNet, MGMT_IFNAME};
 use crate::progress::{secs, Progress};
+use crate::sriov::{self, NodeSriov, PfPlan, RealPfMap};
 
 /// Where lab directories live.
 pub const DEFAULT_ROOT: &str = "/run/spur-hil";
@@ -69,6 +74,9 @@ pub const CNI_PLUGINS_DIR: &str = "/usr/lib/cni";
 pub const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an OVS daemon has to come up.
 const OVS_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// The MTU of an emulated NIC's representors and uplink: jumbo frames
+/// pass, as on a NIC whose PF allows them (a VF's own MTU is the agent's).
+const EMULATED_NIC_MTU: &str = "9216";
 /// How often readiness is polled.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -104,6 +112,14 @@ pub enum LabError {
     /// A `--real-nic` mapping cannot be used.
     #[error("--real-nic {spec}: {reason}")]
     RealNic {
+        /// The mapping as given.
+        spec: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A `--sriov-pf` mapping cannot be used.
+    #[error("--sriov-pf {spec}: {reason}")]
+    RealPf {
         /// The mapping as given.
         spec: String,
         /// Why not.
@@ -243,6 +259,8 @@ pub struct LabOptions {
     pub bin_dir: PathBuf,
     /// Testbed NICs backed by real host interfaces.
     pub real_nics: Vec<RealNicMap>,
+    /// Testbed SR-IOV PFs backed by real host PFs (`--sriov-pf`).
+    pub real_pfs: Vec<RealPfMap>,
 }
 
 /// One Open vSwitch instance (ovsdb-server + ovs-vswitchd) of a namespace.
@@ -326,6 +344,21 @@ pub struct NodeLab {
     pub agent_log: PathBuf,
     /// Its NICs.
     pub nics: Vec<NicPlan>,
+    /// Its SR-IOV PFs.
+    pub sriov: Vec<PfPlan>,
+    /// The root of its emulated sysfs tree (the agent's `--sysfs-root`;
+    /// `/` when its PFs are real).
+    pub sysfs_root: PathBuf,
+    /// The PodResources socket the kubelet stand-in serves for it (the
+    /// agent's `--pod-resources-socket`).
+    pub pod_resources_socket: PathBuf,
+}
+
+impl NodeLab {
+    /// True when its PFs are emulated NICs (it has PFs, none real).
+    pub fn emulated_sriov(&self) -> bool {
+        !self.sriov.is_empty() && self.sriov.iter().all(|p| p.real.is_none())
+    }
 }
 
 /// One fabric segment.
@@ -367,11 +400,16 @@ pub struct LabPlan {
     pub kubeconfig: PathBuf,
 }
 
-/// Checks that the lab can build `spec` with `real_nics`: no SR-IOV (this
-/// harness has no VFs to offer), NIC names that leave `mgmt0` to the lab,
-/// node and NIC counts the naming scheme holds, and real-NIC mappings that
-/// name a node's NIC once each.
-pub fn check_spec(spec: &TestbedSpec, real_nics: &[RealNicMap]) -> Result<(), LabError> {
+/// Checks that the lab can build `spec` with `real_nics` and `real_pfs`:
+/// NIC names that leave `mgmt0` to the lab, node and NIC counts the naming
+/// scheme holds, SR-IOV layouts the emulation can build without name
+/// clashes ([`sriov::check_node`]), and real-NIC and real-PF mappings
+/// that name a node's NIC or PF once each and a host interface once.
+pub fn check_spec(
+    spec: &TestbedSpec,
+    real_nics: &[RealNicMap],
+    real_pfs: &[RealPfMap],
+) -> Result<(), LabError> {
     if spec.nodes.len() > names::MAX_NODES {
         return Err(LabError::Unsupported(format!(
             "testbed.yaml: nodes: {} nodes; spur-hil runs at most {}",
@@ -380,13 +418,7 @@ pub fn check_spec(spec: &TestbedSpec, real_nics: &[RealNicMap]) -> Result<(), La
         )));
     }
     for (i, n) in spec.nodes.iter().enumerate() {
-        if let Some(pf) = n.sriov.first() {
-            return Err(LabError::Unsupported(format!(
-                "testbed.yaml: nodes[{i}] ({}): sriov: PF {}: spur-hil has no SR-IOV devices \
-                 to offer; run SR-IOV testbeds in the simulator",
-                n.name, pf.pf
-            )));
-        }
+        sriov::check_node(i, n, real_pfs).map_err(LabError::Unsupported)?;
         if n.nics.len() > 100 {
             return Err(LabError::Unsupported(format!(
                 "testbed.yaml: nodes[{i}] ({}): {} NICs; spur-hil builds at most 100 per node",
@@ -442,6 +474,52 @@ pub fn check_spec(spec: &TestbedSpec, real_nics: &[RealNicMap]) -> Result<(), La
             });
         }
     }
+    check_real_pfs(spec, real_nics, real_pfs)
+}
+
+/// The `--sriov-pf` half of [`check_spec`].
+fn check_real_pfs(
+    spec: &TestbedSpec,
+    real_nics: &[RealNicMap],
+    real_pfs: &[RealPfMap],
+) -> Result<(), LabError> {
+    let bad = |m: &RealPfMap, reason: String| LabError::RealPf {
+        spec: m.to_string(),
+        reason,
+    };
+    for (k, m) in real_pfs.iter().enumerate() {
+        let Some(node) = spec.nodes.iter().find(|n| n.name == m.node) else {
+            return Err(bad(m, format!("the testbed has no node `{}`", m.node)));
+        };
+        if !node.sriov.iter().any(|p| p.pf == m.pf) {
+            let pfs: Vec<&str> = node.sriov.iter().map(|p| p.pf.as_str()).collect();
+            return Err(bad(
+                m,
+                format!(
+                    "node {} has no SR-IOV PF `{}` (its PFs: {})",
+                    m.node,
+                    m.pf,
+                    if pfs.is_empty() {
+                        "none".to_string()
+                    } else {
+                        pfs.join(", ")
+                    }
+                ),
+            ));
+        }
+        if let Some(prev) = real_pfs[..k]
+            .iter()
+            .find(|o| (o.node == m.node && o.pf == m.pf) || o.host == m.host)
+        {
+            return Err(bad(m, format!("it clashes with --sriov-pf {prev}")));
+        }
+        if let Some(nic) = real_nics.iter().find(|o| o.host == m.host) {
+            return Err(bad(
+                m,
+                format!("host interface {} is also --real-nic {nic}", m.host),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -464,6 +542,7 @@ pub fn plan(
     datapath: Datapath,
     mgmt: MgmtNet,
     real_nics: &[RealNicMap],
+    real_pfs: &[RealPfMap],
 ) -> Result<LabPlan, LabError> {
     let dir = root.join(id.as_str());
     let mut nodes = Vec::with_capacity(spec.nodes.len());
@@ -486,7 +565,16 @@ pub fn plan(
                     .map(|m| m.host.clone()),
             })
             .collect();
+        let pfs = sriov::node_pfs(i, n, real_pfs).map_err(LabError::Unsupported)?;
+        let real_sriov = pfs.iter().any(|p| p.real.is_some());
         nodes.push(NodeLab {
+            sriov: pfs,
+            sysfs_root: if real_sriov {
+                PathBuf::from("/")
+            } else {
+                ndir.join("sysfs")
+            },
+            pod_resources_socket: ndir.join("pod-resources.sock"),
             name: n.name.clone(),
             index: i,
             ovs: OvsInstance {
@@ -509,13 +597,20 @@ pub fn plan(
     for (k, seg) in spec.fabric.iter().enumerate() {
         let mut ports = Vec::with_capacity(seg.ports.len());
         for p in &seg.ports {
-            let port = nodes
-                .iter()
-                .find(|n| n.name == p.node)
+            let node = nodes.iter().find(|n| n.name == p.node);
+            if let Some(pf) = node.and_then(|n| n.sriov.iter().find(|f| f.nic.pf == p.nic)) {
+                // A real PF's wire is the lab's own cabling.
+                if pf.real.is_none() {
+                    ports.push((pf.fabric_port.clone(), format!("{}/{}", p.node, p.nic)));
+                }
+                continue;
+            }
+            let port = node
                 .and_then(|n| n.nics.iter().find(|c| c.name == p.nic))
                 .ok_or_else(|| {
                     LabError::Unsupported(format!(
-                        "testbed.yaml: fabric[{k}] ({}): port {}/{} is not a NIC of a node",
+                        "testbed.yaml: fabric[{k}] ({}): port {}/{} is not a NIC or SR-IOV PF \
+                         of a node",
                         seg.name, p.node, p.nic
                     ))
                 })?;
@@ -690,6 +785,8 @@ pub struct Lab {
     cleanup: Arc<Cleanup>,
     /// Processes by what they are, to notice one that exits.
     processes: Mutex<BTreeMap<String, Tracked>>,
+    /// What was built of each node's SR-IOV PFs, by node.
+    sriov: Mutex<BTreeMap<String, NodeSriov>>,
 }
 
 impl fmt::Debug for Lab {
@@ -708,7 +805,7 @@ impl Lab {
         cleanup: Arc<Cleanup>,
         progress: &Progress,
     ) -> Result<Lab, LabError> {
-        check_spec(spec, &opts.real_nics)?;
+        check_spec(spec, &opts.real_nics, &opts.real_pfs)?;
         preflight(&opts.bin_dir)?;
         match cleanup::remove_leftovers(&opts.root, false) {
             Ok((removed, problems)) => {
@@ -758,7 +855,15 @@ impl Lab {
             lab: id.clone(),
             root: opts.root.clone(),
         });
-        let plan = match plan(id, &opts.root, spec, datapath, mgmt, &opts.real_nics) {
+        let plan = match plan(
+            id,
+            &opts.root,
+            spec,
+            datapath,
+            mgmt,
+            &opts.real_nics,
+            &opts.real_pfs,
+        ) {
             Ok(p) => p,
             Err(e) => {
                 for p in cleanup.run() {
@@ -772,6 +877,7 @@ impl Lab {
             bin_dir: opts.bin_dir.clone(),
             cleanup,
             processes: Mutex::new(BTreeMap::new()),
+            sriov: Mutex::new(BTreeMap::new()),
         };
         lab.build(progress)?;
         Ok(lab)
@@ -785,6 +891,11 @@ impl Lab {
     /// The node named `name`.
     pub fn node(&self, name: &str) -> Option<&NodeLab> {
         self.plan.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// What was built of node `name`'s SR-IOV PFs (empty without PFs).
+    pub fn node_sriov(&self, name: &str) -> NodeSriov {
+        lock(&self.sriov).get(name).cloned().unwrap_or_default()
     }
 
     fn build(&self, progress: &Progress) -> Result<(), LabError> {
@@ -804,6 +915,7 @@ impl Lab {
         self.build_mgmt_and_namespaces()?;
         self.start_all_ovs(progress)?;
         self.build_nics(progress)?;
+        self.build_sriov(progress)?;
         self.build_fabric(progress)?;
         self.build_cni_bin_dir()?;
         progress.say(format!(
@@ -1108,6 +1220,260 @@ impl Lab {
         Ok(())
     }
 
+    /// Every node's SR-IOV PFs: emulated NICs, or real PFs moved in (see
+    /// [`crate::sriov`]).
+    fn build_sriov(&self, progress: &Progress) -> Result<(), LabError> {
+        for n in &self.plan.nodes {
+            if n.sriov.is_empty() {
+                continue;
+            }
+            let built = if n.emulated_sriov() {
+                self.build_emulated_nics(n)?;
+                NodeSriov::emulated(n.sriov.clone())
+            } else {
+                self.move_real_pfs(n)?
+            };
+            for p in &n.sriov {
+                let what = match (&p.real, p.nic.vm) {
+                    (Some(host), _) => format!(
+                        "host PF {host} with its first {} VFs (its wire is the lab's own \
+                         cabling, not the testbed's fabric)",
+                        p.nic.vfs.len()
+                    ),
+                    (None, false) => format!("an emulated NIC with {} VFs", p.nic.vfs.len()),
+                    (None, true) => format!(
+                        "an emulated NIC with {} VFs, seen as a VM sees them (no PF)",
+                        p.nic.vfs.len()
+                    ),
+                };
+                progress.say(format!(
+                    "{}: SR-IOV PF {} ({}) is {what}",
+                    n.name, p.nic.pf, p.nic.resource_name
+                ));
+            }
+            lock(&self.sriov).insert(n.name.clone(), built);
+        }
+        Ok(())
+    }
+
+    /// The emulated NICs of node `n`: the sysfs tree, per PF an OVS bridge
+    /// (the embedded switch) with an uplink veth into the fabric, per VF a
+    /// veth pair whose representor is an untagged access port.
+    fn build_emulated_nics(&self, n: &NodeLab) -> Result<(), LabError> {
+        let tree = spur_node::sriov::sysfs::SysfsTree::create(&n.sysfs_root)
+            .map_err(io_err("creating the emulated sysfs tree", &n.sysfs_root))?;
+        let fab = self.plan.fabric.netns.as_str();
+        for p in &n.sriov {
+            let pf = p.nic.pf.as_str();
+            let pci: Vec<(String, String)> = p
+                .nic
+                .vfs
+                .iter()
+                .map(|vf| (vf.pci.to_string(), vf.netdev.clone()))
+                .collect();
+            let sysfs_err = |e| {
+                io_err(
+                    format!("writing PF {pf} of node {} into the emulated sysfs", n.name),
+                    &n.sysfs_root,
+                )(e)
+            };
+            if p.nic.vm {
+                for (vf, netdev) in &pci {
+                    tree.add_vm_vf(vf, Some(netdev)).map_err(sysfs_err)?;
+                }
+            } else {
+                let vfs: Vec<(&str, Option<&str>)> = pci
+                    .iter()
+                    .map(|(a, b)| (a.as_str(), Some(b.as_str())))
+                    .collect();
+                tree.add_pf(pf, &p.nic.pci.to_string(), &vfs)
+                    .map_err(sysfs_err)?;
+            }
+
+            // The embedded switch, its trunk uplink and the VF representors.
+            let doing = format!("creating the emulated NIC {pf} of node {}", n.name);
+            self.ip(
+                &doing,
+                &[
+                    "-n",
+                    &n.netns,
+                    "link",
+                    "add",
+                    &p.uplink,
+                    "mtu",
+                    EMULATED_NIC_MTU,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &p.fabric_port,
+                    "mtu",
+                    EMULATED_NIC_MTU,
+                    "netns",
+                    fab,
+                ],
+            )?;
+            for (ns, link) in [(n.netns.as_str(), &p.uplink), (fab, &p.fabric_port)] {
+                self.offload_off_up(&doing, ns, link)?;
+            }
+            let mut args: Vec<String> = vec![
+                "add-br".into(),
+                pf.into(),
+                "--".into(),
+                "set".into(),
+                "bridge".into(),
+                pf.into(),
+                format!("datapath_type={}", self.plan.datapath.as_str()),
+                format!("external_ids:spur-hil-emulated-pf=\"{pf}\""),
+                "--".into(),
+                "add-port".into(),
+                pf.into(),
+                p.uplink.clone(),
+            ];
+            for vf in &p.nic.vfs {
+                let rep = p.representor(vf.index);
+                let vdoing = format!("{doing}: VF {} ({} and {rep})", vf.index, vf.netdev);
+                self.ip(
+                    &vdoing,
+                    &[
+                        "-n",
+                        &n.netns,
+                        "link",
+                        "add",
+                        &vf.netdev,
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        &rep,
+                        "mtu",
+                        EMULATED_NIC_MTU,
+                    ],
+                )?;
+                // The VF ends in a Pod: checksums must be complete there.
+                for link in [&vf.netdev, &rep] {
+                    Cmd::new("ethtool", format!("{vdoing}: TX checksum offload off"))
+                        .args(["-K", link, "tx", "off"])
+                        .netns(&n.netns)
+                        .run()?;
+                }
+                self.ip(&vdoing, &["-n", &n.netns, "link", "set", &rep, "up"])?;
+                args.extend([
+                    "--".into(),
+                    "add-port".into(),
+                    pf.into(),
+                    rep.clone(),
+                    "vlan_mode=access".into(),
+                    format!("external_ids:spur-hil-vf={}", vf.index),
+                ]);
+            }
+            n.ovs.vsctl(doing.clone()).args(args).run()?;
+            self.ip(&doing, &["-n", &n.netns, "link", "set", pf, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// TX checksum offload off and up, for a veth end in `ns`.
+    fn offload_off_up(&self, doing: &str, ns: &str, link: &str) -> Result<(), LabError> {
+        Cmd::new("ethtool", format!("{doing}: TX checksum offload off"))
+            .args(["-K", link, "tx", "off"])
+            .netns(ns)
+            .run()?;
+        self.ip(doing, &["-n", ns, "link", "set", link, "up"])
+    }
+
+    /// The real PFs of node `n` (`--sriov-pf`): each host PF moves into the
+    /// node's namespace under the testbed's PF name, with the netdevs of
+    /// its first VFs under their own names; each is recorded to be moved
+    /// back.
+    fn move_real_pfs(&self, n: &NodeLab) -> Result<NodeSriov, LabError> {
+        let host_sysfs = spur_node::sriov::sysfs::Sysfs::host();
+        let mut built = NodeSriov {
+            pfs: n.sriov.clone(),
+            ..NodeSriov::default()
+        };
+        for (j, p) in n.sriov.iter().enumerate() {
+            let Some(host) = &p.real else { continue };
+            let spec = format!("{}/{}={host}", n.name, p.nic.pf);
+            let bad = |reason: String| LabError::RealPf {
+                spec: spec.clone(),
+                reason,
+            };
+            let vfs = sriov::real_vfs(&host_sysfs, host, p.nic.vfs.len()).map_err(&bad)?;
+            for (vf, real) in p.nic.vfs.iter().zip(&vfs) {
+                let Some(netdev) = real.netdev.clone() else {
+                    return Err(bad(format!("VF {} has no network interface", vf.index)));
+                };
+                let id = real.pci.to_string();
+                built.device_ids.insert(vf.pci, id.clone());
+                built.vfs.insert(id, (j, vf.index, netdev.clone()));
+                self.move_real_link(n, &netdev, &netdev, &bad)?;
+            }
+            self.move_real_link(n, host, &p.nic.pf, &bad)?;
+        }
+        Ok(built)
+    }
+
+    /// Moves the host link `host` into node `n` as `name` (recorded first,
+    /// so a crash in between still finds it); refuses links with
+    /// addresses.
+    fn move_real_link(
+        &self,
+        n: &NodeLab,
+        host: &str,
+        name: &str,
+        bad: &dyn Fn(String) -> LabError,
+    ) -> Result<(), LabError> {
+        let shown = Cmd::new("ip", format!("looking at host interface {host}"))
+            .args(["-j", "addr", "show", "dev", host])
+            .run()
+            .map_err(|e| bad(format!("the host has no interface {host} ({e})")))?;
+        let info: Value = serde_json::from_str(&shown).unwrap_or(Value::Null);
+        let link = &info[0];
+        let addrs: Vec<String> = link["addr_info"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["scope"].as_str() != Some("link"))
+            .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"])))
+            .collect();
+        if !addrs.is_empty() {
+            return Err(bad(format!(
+                "{host} has addresses ({}): only a dedicated lab NIC and its VFs may be moved \
+                 into a lab",
+                addrs.join(", ")
+            )));
+        }
+        let was_up = link["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "UP"));
+        let moved = MovedNic {
+            netns: n.netns.clone(),
+            name: name.to_string(),
+            original: host.to_string(),
+            was_up,
+        };
+        let file = self.plan.dir.join(REAL_NICS_FILE);
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)
+            .and_then(|mut f| f.write_all(moved.to_line().as_bytes()))
+            .map_err(io_err("recording a moved real interface", &file))?;
+        let doing = format!(
+            "moving host interface {host} into node {} as {name}",
+            n.name
+        );
+        self.ip(&doing, &["link", "set", host, "down"])?;
+        self.ip(
+            &doing,
+            &["link", "set", host, "netns", &n.netns, "name", name],
+        )?;
+        self.cleanup.push(Undo::RealNic(moved));
+        self.ip(&doing, &["-n", &n.netns, "link", "set", name, "up"])?;
+        Ok(())
+    }
+
     fn move_real_nic(&self, n: &NodeLab, nic: &NicPlan, host: &str) -> Result<(), LabError> {
         let spec = format!("{}/{}={host}", n.name, nic.name);
         let bad = |reason: String| LabError::RealNic {
@@ -1274,7 +1640,15 @@ impl Lab {
                 node.ovs.db_socket().display().to_string(),
                 "--datapath".into(),
                 self.plan.datapath.as_str().into(),
+                "--sysfs-root".into(),
+                node.sysfs_root.display().to_string(),
+                "--pod-resources-socket".into(),
+                node.pod_resources_socket.display().to_string(),
             ])
+            .args(
+                node.emulated_sriov()
+                    .then(|| "--sriov-emulated-nics".to_string()),
+            )
             .env("RUST_LOG", log_filter)
             .netns(&node.netns);
         self.spawn(&agent_what(&node.name), cmd, &node.agent_log)?;
@@ -1549,6 +1923,7 @@ fabric:
             Datapath::Netdev,
             mgmt(),
             &[],
+            &[],
         )
         .unwrap();
         assert_eq!(p.dir, Path::new("/run/spur-hil").join(id.as_str()));
@@ -1613,7 +1988,7 @@ fabric:
         let testbed = spec(
             "nodes:\n  - name: node-a\n    nics: [eth1, eth2]\nfabric:\n  - name: t\n    ports: [node-a/eth1]\n",
         );
-        check_spec(&testbed, std::slice::from_ref(&map)).unwrap();
+        check_spec(&testbed, std::slice::from_ref(&map), &[]).unwrap();
         let p = plan(
             LabId::generate(1),
             Path::new("/run/spur-hil"),
@@ -1621,6 +1996,7 @@ fabric:
             Datapath::Netdev,
             mgmt(),
             std::slice::from_ref(&map),
+            &[],
         )
         .unwrap();
         assert_eq!(p.nodes[0].nics[1].real.as_deref(), Some("enp3s0f0"));
@@ -1634,6 +2010,7 @@ fabric:
             Datapath::Netdev,
             mgmt(),
             &[on_fabric],
+            &[],
         )
         .unwrap_err();
         assert!(e.to_string().contains("segment t"), "{e}");
@@ -1652,7 +2029,7 @@ fabric:
             ),
             (vec![m("node-a/eth1=x"), m("node-b/eth1=x")], "also mapped"),
         ] {
-            let e = check_spec(&testbed, &maps).unwrap_err().to_string();
+            let e = check_spec(&testbed, &maps, &[]).unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");
         }
         for bad in [
@@ -1669,14 +2046,108 @@ fabric:
 
     #[test]
     fn specs_the_lab_cannot_build_are_refused() {
-        let sriov = spec(
-            "nodes:\n  - name: a\n    nics: [eth1]\n    sriov:\n      - pf: ens1f0\n        vfs: 2\n        resourceName: intel.com/x\n",
+        let clash = spec(
+            "nodes:\n  - name: a\n    nics: [ens1f0u]\n    sriov:\n      - pf: ens1f0\n        vfs: 2\n        resourceName: intel.com/x\n",
         );
-        let e = check_spec(&sriov, &[]).unwrap_err().to_string();
-        assert!(e.contains("SR-IOV") && e.contains("ens1f0"), "{e}");
+        let e = check_spec(&clash, &[], &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("uplink of PF ens1f0") && e.contains("NIC ens1f0u"),
+            "{e}"
+        );
         let mgmt_nic = spec("nodes:\n  - name: a\n    nics: [mgmt0]\n");
-        let e = check_spec(&mgmt_nic, &[]).unwrap_err().to_string();
+        let e = check_spec(&mgmt_nic, &[], &[]).unwrap_err().to_string();
         assert!(e.contains("mgmt0"), "{e}");
+    }
+
+    const SRIOV: &str = "
+nodes:
+  - name: metal-a
+    nics: [eth1]
+    sriov:
+      - pf: ens1f0
+        vfs: 3
+        resourceName: intel.com/a
+  - name: vm-b
+    sriov:
+      - pf: ens1f0
+        vfs: 2
+        resourceName: intel.com/b
+        vm: true
+fabric:
+  - name: tor
+    ports: [metal-a/eth1, metal-a/ens1f0, vm-b/ens1f0]
+";
+
+    #[test]
+    fn sriov_pfs_are_fabric_ports_and_real_ones_stay_off_it() {
+        let testbed = spec(SRIOV);
+        check_spec(&testbed, &[], &[]).unwrap();
+        let p = plan(
+            LabId::generate(5),
+            Path::new("/run/spur-hil"),
+            &testbed,
+            Datapath::Netdev,
+            mgmt(),
+            &[],
+            &[],
+        )
+        .unwrap();
+        let a = &p.nodes[0];
+        assert!(a.emulated_sriov());
+        assert_eq!(a.sysfs_root, a.dir.join("sysfs"));
+        assert_eq!(a.pod_resources_socket, a.dir.join("pod-resources.sock"));
+        assert!(a.pod_resources_socket.as_os_str().len() <= names::MAX_SOCKET_PATH);
+        assert_eq!(a.sriov[0].fabric_port, "n0p1");
+        assert_eq!(a.sriov[0].nic.vfs[2].netdev, "ens1f0v2");
+        assert_eq!(
+            p.segments[0].ports,
+            [
+                ("n0p0".to_string(), "metal-a/eth1".to_string()),
+                ("n0p1".to_string(), "metal-a/ens1f0".to_string()),
+                ("n1p0".to_string(), "vm-b/ens1f0".to_string()),
+            ]
+        );
+        // A real PF: the host's sysfs, off the fabric.
+        let real: RealPfMap = "metal-a/ens1f0=enp59s0f0".parse().unwrap();
+        check_spec(&testbed, &[], std::slice::from_ref(&real)).unwrap();
+        let p = plan(
+            LabId::generate(5),
+            Path::new("/run/spur-hil"),
+            &testbed,
+            Datapath::Netdev,
+            mgmt(),
+            &[],
+            std::slice::from_ref(&real),
+        )
+        .unwrap();
+        assert!(!p.nodes[0].emulated_sriov());
+        assert_eq!(p.nodes[0].sysfs_root, Path::new("/"));
+        assert_eq!(p.nodes[0].sriov[0].real.as_deref(), Some("enp59s0f0"));
+        assert_eq!(p.segments[0].ports.len(), 2, "{:?}", p.segments[0].ports);
+    }
+
+    #[test]
+    fn real_pf_mappings_are_checked() {
+        let testbed = spec(SRIOV);
+        let m = |s: &str| s.parse::<RealPfMap>().unwrap();
+        for (maps, nics, needle) in [
+            (vec![m("node-c/ens1f0=x")], vec![], "no node `node-c`"),
+            (vec![m("metal-a/ens1f1=x")], vec![], "no SR-IOV PF `ens1f1`"),
+            (vec![m("vm-b/ens1f0=x")], vec![], "vm: true"),
+            (
+                vec![m("metal-a/ens1f0=x"), m("metal-a/ens1f0=y")],
+                vec![],
+                "clashes",
+            ),
+            (
+                vec![m("metal-a/ens1f0=x")],
+                vec!["metal-a/eth1=x".parse::<RealNicMap>().unwrap()],
+                "also --real-nic",
+            ),
+        ] {
+            let e = check_spec(&testbed, &nics, &maps).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`lab`]: the topology (namespaces, OVS daemons, NIC veths, fabric
 //!   switches, the management network, the CNI bin dir) and the agents,
 //!   with [`names`] deciding every name and [`cleanup`] undoing it all;
+//! - [`sriov`]: the emulated SR-IOV NICs (sysfs tree, embedded switch,
+//!   VF veths) and real ones (`--sriov-pf`);
 //! - [`run`]: one run of a testbed: manifests, Pods through the kubelet
 //!   stand-in, the report and the teardown with leak checks, with [`api`]
 //!   for the embedded API server and everything said to it;
@@ -33,3 +35,4 @@ pub mod names;
 pub mod probe;
 pub mod progress;
 pub mod run;
+pub mod sriov;

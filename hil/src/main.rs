@@ -2,7 +2,8 @@
 //! real network namespaces and the real agent and plugin.
 //!
 //! ```text
-//! spur-hil run DIR [--json FILE] [--keep] [--bin-dir DIR] [--real-nic NODE/NIC=HOSTIF]... [-v]
+//! spur-hil run DIR [--json FILE] [--keep] [--bin-dir DIR] [--real-nic NODE/NIC=HOSTIF]...
+//!              [--sriov-pf NODE/PF=HOSTIF]... [-v]
 //! spur-hil cleanup [--force]
 //! spur-hil bench-cni [--cycles N] [--warmup N] [--spawn ip-netns-exec|setns] [--agent-log FILE] [--bin-dir DIR] [-v]
 //! ```
@@ -18,6 +19,7 @@ use clap::{Parser, Subcommand};
 use spur_hil::lab::{RealNicMap, DEFAULT_ROOT};
 use spur_hil::progress::Progress;
 use spur_hil::run::{default_bin_dir, run, write_json, RunOptions};
+use spur_hil::sriov::RealPfMap;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,6 +54,14 @@ enum Command {
         /// (repeatable), e.g. node-a/eth1=enp3s0f0.
         #[arg(long, value_name = "NODE/NIC=HOSTIF")]
         real_nic: Vec<RealNicMap>,
+        /// Back a testbed SR-IOV PF with a real host PF whose VFs exist
+        /// (sriov_numvfs): the PF and its first VFs move into the node's
+        /// namespace for the run and back afterwards; VF settings go
+        /// through the PF with netlink (repeatable), e.g.
+        /// node-a/ens1f0=enp59s0f0. See the README, "SR-IOV on a lab
+        /// machine".
+        #[arg(long, value_name = "NODE/PF=HOSTIF")]
+        sriov_pf: Vec<RealPfMap>,
         /// Debug logs from the harness and the agents.
         #[arg(short, long)]
         verbose: bool,
@@ -123,6 +133,7 @@ fn main() -> ExitCode {
             keep,
             bin_dir,
             real_nic,
+            sriov_pf,
             verbose,
             state_dir,
         } => {
@@ -133,6 +144,7 @@ fn main() -> ExitCode {
                 keep,
                 bin_dir: bin_dir.unwrap_or_else(default_bin_dir),
                 real_nics: real_nic,
+                real_pfs: sriov_pf,
                 root: state_dir,
                 agent_log_filter: if verbose { "debug" } else { "info" }.to_string(),
             };

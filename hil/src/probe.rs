@@ -184,6 +184,29 @@ pub fn access_ports(node_netns: &str, ovsdb_socket: &Path) -> Result<Vec<AccessP
     })
 }
 
+/// Every OVS port's access VLAN (0: untagged) in the OVSDB of the node
+/// whose namespace is `node_netns` (see [`access_ports`]).
+pub fn port_tags(
+    node_netns: &str,
+    ovsdb_socket: &Path,
+) -> Result<BTreeMap<String, u16>, ProbeError> {
+    let db = format!("--db=unix:{}", ovsdb_socket.display());
+    let args = [
+        db.as_str(),
+        "--format=json",
+        "--columns=name,tag",
+        "list",
+        "Port",
+    ];
+    let what = format!("listing the OVS port tags of node namespace {node_netns}");
+    let text = sys::run("ovs-vsctl", &args, None, &what)?;
+    parse::ovs_port_tags(&text).map_err(|reason| ProbeError::Output {
+        what,
+        command: format!("ovs-vsctl {}", args.join(" ")),
+        reason,
+    })
+}
+
 /// A Pod interface taking part in a probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {

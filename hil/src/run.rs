@@ -50,10 +50,12 @@ use spur_testbed::{
 
 use crate::api::{self, ApiError, Cluster, NodeInfo};
 use crate::cleanup::{self, Cleanup, Interrupts, Undo};
-use crate::kubelet::{Kubelet, NodeCtx, Sandbox};
+use crate::kubelet::{Kubelet, KubeletDevices, NodeCtx, Sandbox};
 use crate::lab::{Lab, LabError, LabOptions, NodeLab, RealNicMap};
 use crate::probe::{self, AccessPort, Endpoint, MulticastProbe, SnoopingSwitch, SwitchKind};
 use crate::progress::{secs, Progress};
+use spur_node::podresources::server::{PodResourcesServer, ServerError};
+use spur_node::podresources::StaticPodResources;
 
 /// How long the pool-usage reconciler may take to catch up.
 pub const USAGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,6 +73,8 @@ pub struct RunOptions {
     pub bin_dir: PathBuf,
     /// Testbed NICs backed by real host interfaces.
     pub real_nics: Vec<RealNicMap>,
+    /// Testbed SR-IOV PFs backed by real host PFs.
+    pub real_pfs: Vec<crate::sriov::RealPfMap>,
     /// Where lab directories live.
     pub root: PathBuf,
     /// `RUST_LOG` of the agents.
@@ -310,6 +314,33 @@ fn port_for<'a>(
         .copied()
 }
 
+/// The device ID (PCI address) of the VF behind a network-status entry:
+/// its `device-info` (native mode), or the `deviceID` the Multus-like
+/// runner gave the delegate of that interface.
+fn vf_device(entry: &NetworkStatus, sb: &Sandbox) -> Option<String> {
+    if let Some(pci) = entry
+        .device_info
+        .as_ref()
+        .and_then(|d| d.pci.as_ref())
+        .and_then(|p| p.pci_address.clone())
+    {
+        return Some(pci);
+    }
+    let ifname = entry.interface.as_deref()?;
+    sb.attachments
+        .iter()
+        .filter(|a| a.delegate.ifname == ifname)
+        .find_map(|a| {
+            a.delegate
+                .list
+                .plugins
+                .first()
+                .and_then(|p| p.get("deviceID"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+}
+
 /// One Pod the run handled.
 struct PodRun {
     pod: PodRef,
@@ -323,6 +354,11 @@ struct PodRun {
 /// kubelets and the cluster go before the lab, the runtime last.
 struct Session {
     kubelets: BTreeMap<String, Kubelet>,
+    /// Each node's PodResources record (served on its socket) and the
+    /// testbed's device manager.
+    devices: BTreeMap<String, KubeletDevices>,
+    /// The PodResources servers' tasks.
+    pod_resources_servers: Vec<tokio::task::JoinHandle<Result<(), ServerError>>>,
     cluster: Cluster,
     lab: Lab,
     interrupts: Interrupts,
@@ -367,6 +403,7 @@ pub fn run(opts: &RunOptions, progress: &Progress) -> Result<RunOutcome, RunErro
         root: opts.root.clone(),
         bin_dir: opts.bin_dir.clone(),
         real_nics: opts.real_nics.clone(),
+        real_pfs: opts.real_pfs.clone(),
     };
     let up = Instant::now();
     let lab = Lab::up(&testbed.spec, &lab_opts, cleanup.clone(), progress)?;
@@ -381,6 +418,8 @@ pub fn run(opts: &RunOptions, progress: &Progress) -> Result<RunOutcome, RunErro
     ));
     let mut session = Session {
         kubelets: BTreeMap::new(),
+        devices: BTreeMap::new(),
+        pod_resources_servers: Vec::new(),
         cluster,
         lab,
         interrupts,
@@ -446,6 +485,7 @@ impl Session {
         }
         self.check_interrupted()?;
 
+        self.start_pod_resources(testbed, progress)?;
         self.start_agents(testbed, &applied.rejected, opts, progress)?;
         progress.say(format!("cluster up in {}", secs(up.elapsed())));
         self.check_interrupted()?;
@@ -500,6 +540,43 @@ impl Session {
             ports.webhook,
             secs(took)
         ));
+        Ok(())
+    }
+
+    /// The kubelet's device manager for the testbed and, per node, its
+    /// PodResources record served on the node's socket (the agent's
+    /// `--pod-resources-socket`).
+    fn start_pod_resources(
+        &mut self,
+        testbed: &Testbed,
+        progress: &Progress,
+    ) -> Result<(), RunError> {
+        let manager = spur_testbed::sriov::DeviceManager::new(&testbed.spec)
+            .map_err(|e| LabError::Unsupported(format!("testbed.yaml: {e}")))?;
+        let manager = Arc::new(std::sync::Mutex::new(manager));
+        let _guard = self.rt.enter();
+        for n in &self.lab.plan.nodes {
+            let record = Arc::new(StaticPodResources::new());
+            let task = PodResourcesServer::new(record.clone())
+                .spawn(&n.pod_resources_socket)
+                .map_err(|e| LabError::Unsupported(format!("node {}: {e}", n.name)))?;
+            self.pod_resources_servers.push(task);
+            if !n.sriov.is_empty() {
+                progress.say(format!(
+                    "{}: kubelet PodResources at {}",
+                    n.name,
+                    n.pod_resources_socket.display()
+                ));
+            }
+            self.devices.insert(
+                n.name.clone(),
+                KubeletDevices {
+                    manager: manager.clone(),
+                    pod_resources: record,
+                    node: self.lab.node_sriov(&n.name),
+                },
+            );
+        }
         Ok(())
     }
 
@@ -563,7 +640,11 @@ impl Session {
                 pod_cidr: n.pod_cidr,
                 work_dir: n.dir.join("kubelet"),
             };
-            let kubelet = Kubelet::new(ctx, testbed.spec.cni_mode, client.clone(), handle.clone());
+            let mut kubelet =
+                Kubelet::new(ctx, testbed.spec.cni_mode, client.clone(), handle.clone());
+            if let Some(d) = self.devices.get(&n.name) {
+                kubelet = kubelet.with_devices(d.clone());
+            }
             self.kubelets.insert(n.name.clone(), kubelet);
         }
         let (per_node, unplaced) = pods_by_node(placed, |n| self.kubelets.contains_key(n));
@@ -636,6 +717,7 @@ impl Session {
             .filter_map(|p| PoolLayout::from_pool(p).ok().map(|l| (l.name.clone(), l)))
             .collect();
         let mut ports: BTreeMap<String, Vec<AccessPort>> = BTreeMap::new();
+        let mut vf_ports: BTreeMap<String, BTreeMap<String, AccessPort>> = BTreeMap::new();
         let mut problems: Vec<String> = lagging;
         for n in &self.lab.plan.nodes {
             match probe::access_ports(&n.netns, &n.ovs.db_socket()) {
@@ -644,13 +726,20 @@ impl Session {
                 }
                 Err(e) => problems.push(format!("node {}: {e}", n.name)),
             }
+            let sriov = self.lab.node_sriov(&n.name);
+            match crate::sriov::vf_ports(n, &sriov) {
+                Ok(p) => {
+                    vf_ports.insert(n.name.clone(), p);
+                }
+                Err(e) => problems.push(format!("node {}: SR-IOV VF VLANs: {e}", n.name)),
+            }
         }
         let mut report = Report::new(testbed.name.clone(), Runner::Hil);
         report.pools = pools;
         report.rejected = rejected;
         let mut endpoints: BTreeMap<InterfaceRef, Endpoint> = BTreeMap::new();
         for run in pods.iter() {
-            let (pod_report, eps, p) = self.pod_report(run, &ports, &layouts);
+            let (pod_report, eps, p) = self.pod_report(run, &ports, &vf_ports, &layouts);
             problems.extend(p);
             endpoints.extend(eps.into_iter().map(|e| (e.id.clone(), e)));
             report.pods.push(pod_report);
@@ -731,6 +820,7 @@ impl Session {
         &self,
         run: &PodRun,
         ports: &BTreeMap<String, Vec<AccessPort>>,
+        vf_ports: &BTreeMap<String, BTreeMap<String, AccessPort>>,
         layouts: &BTreeMap<String, PoolLayout>,
     ) -> (PodReport, Vec<Endpoint>, Vec<String>) {
         let mut report = PodReport {
@@ -795,7 +885,15 @@ impl Session {
                     continue;
                 }
             };
-            let port = port_for(node_ports, &id, &sb.container_id);
+            // A VF's VLAN is the one its PF sets (its representor's tag);
+            // other interfaces are served by an OVS access port.
+            let vf_port = vf_device(entry, sb).and_then(|pci| {
+                run.node
+                    .as_ref()
+                    .and_then(|n| vf_ports.get(n))
+                    .and_then(|p| p.get(&pci))
+            });
+            let port = vf_port.or_else(|| port_for(node_ports, &id, &sb.container_id));
             let (itf, p) = interface_report(&run.pod, entry, facts.as_ref(), port, layouts);
             problems.extend(p);
             if let Some(itf) = itf {
@@ -1011,6 +1109,7 @@ impl Session {
             if let Err(e) = self.lab.check_alive(&crate::lab::agent_what(&n.name)) {
                 failures.push(e.to_string());
             }
+            failures.extend(crate::sriov::vf_leaks(n, &self.lab.node_sriov(&n.name)));
         }
         for r in pods {
             if let Some(sb) = &r.sandbox {
@@ -1038,6 +1137,9 @@ impl Session {
     ) -> Result<RunOutcome, RunError> {
         let down = Instant::now();
         self.kubelets.clear();
+        for task in self.pod_resources_servers.drain(..) {
+            task.abort();
+        }
         let problems = self.lab.teardown();
         for p in &problems {
             progress.say(format!("cleanup: {p}"));

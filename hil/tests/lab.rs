@@ -58,6 +58,7 @@ fn up(spec: &TestbedSpec, root: &Path) -> Lab {
         root: root.to_path_buf(),
         bin_dir: common::workspace_bins(),
         real_nics: Vec::new(),
+        real_pfs: Vec::new(),
     };
     Lab::up(spec, &opts, Cleanup::new(), &Progress::new(false)).unwrap()
 }
@@ -547,6 +548,7 @@ fn real_nics_move_in_and_come_back() {
         root: root.path().to_path_buf(),
         bin_dir: common::workspace_bins(),
         real_nics: vec![maps.parse().unwrap()],
+        real_pfs: Vec::new(),
     };
 
     // A NIC with addresses is not a dedicated lab NIC.

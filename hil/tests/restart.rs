@@ -314,6 +314,7 @@ fn a_restarted_agent_removes_what_is_gone_and_keeps_what_lives() {
         root: root.path().to_path_buf(),
         bin_dir: bins,
         real_nics: Vec::new(),
+        real_pfs: Vec::new(),
     };
     let lab = Lab::up(&testbed.spec, &opts, Cleanup::new(), &Progress::new(false)).unwrap();
     let lab_id = lab.plan.id.to_string();

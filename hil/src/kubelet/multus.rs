@@ -22,18 +22,26 @@
 //!   with a `sandbox`, every address of the result, the default routes'
 //!   gateways, the DNS settings.
 //!
-//! What it does not: device-plugin `resourceName` / `deviceID` lookups,
-//! `CNIDeviceInfoFile`, per-namespace isolation rules and
-//! `defaultNetworks` (the harness has no device plugin and one cluster
-//! network). Running plugins lives in the `cni` module, the API in the
+//! - `deviceID`: for each element whose NetworkAttachmentDefinition names a
+//!   device-plugin resource (annotation `k8s.v1.cni.cncf.io/resourceName`),
+//!   one of the devices the kubelet assigned the Pod goes into the
+//!   delegate's config ([`device_ids`], [`set_device_id`]). Unlike Multus,
+//!   which takes them in the kubelet's order, the k-th element of a
+//!   resource gets the k-th device in PCI address order, as Spur's agent
+//!   pairs them in native mode, so both modes give a Pod the same VFs.
+//!
+//! What it does not: `CNIDeviceInfoFile`, per-namespace isolation rules
+//! and `defaultNetworks` (the harness has one cluster network). Running plugins lives in the `cni` module, the API in the
 //! kubelet.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 use spur_core::cniproto::CniResult;
 use spur_core::selection::SelectionElement;
+use spur_core::sriov::PciAddress;
 use spur_core::status::{Dns, NetworkStatus};
 
 use super::cni::NetConfList;
@@ -240,6 +248,77 @@ pub fn network_status(delegate: &Delegate, result: &Value) -> NetworkStatus {
     status
 }
 
+/// The NetworkAttachmentDefinition annotation naming the device-plugin
+/// resource its network's devices come from.
+pub const RESOURCE_NAME_ANNOTATION: &str = "k8s.v1.cni.cncf.io/resourceName";
+
+/// The `deviceID` of each selection element, in the elements' order.
+///
+/// `elements` gives, per element, its network (`namespace/name`, for
+/// messages) and the resource its NetworkAttachmentDefinition names (`None`:
+/// no `resourceName`, no device). `allocation` holds the device IDs the
+/// kubelet assigned the Pod, by resource, in any order. The k-th element of
+/// a resource gets the k-th of its devices in PCI address order (device
+/// IDs that are not PCI addresses after those, in text order), so the
+/// answer does not depend on the order the kubelet lists them in.
+///
+/// Fails, naming the resource, the networks and how many to request,
+/// when a resource has fewer devices than elements asking for it.
+pub fn device_ids(
+    elements: &[(&str, Option<&str>)],
+    allocation: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<Option<String>>, String> {
+    let mut wanted: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (network, resource) in elements {
+        if let Some(r) = resource {
+            wanted.entry(r).or_default().push(network);
+        }
+    }
+    let mut sorted: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (resource, networks) in &wanted {
+        let mut ids: Vec<&String> = allocation
+            .get(*resource)
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        ids.sort_by_key(|id| {
+            let pci = id.parse::<PciAddress>().ok();
+            (pci.is_none(), pci, (*id).clone())
+        });
+        ids.dedup();
+        if ids.len() < networks.len() {
+            return Err(format!(
+                "{} network(s) ({}) take devices of resource {resource}, but the kubelet \
+                 assigned the Pod {} device(s) of it: request {resource}: {} in the Pod's \
+                 container resources",
+                networks.len(),
+                networks.join(", "),
+                ids.len(),
+                networks.len()
+            ));
+        }
+        sorted.insert(resource, ids.into_iter().cloned().collect());
+    }
+    let mut next: BTreeMap<&str, usize> = BTreeMap::new();
+    Ok(elements
+        .iter()
+        .map(|(_, resource)| {
+            let r = (*resource)?;
+            let k = next.entry(r).or_default();
+            let id = sorted.get(r).and_then(|ids| ids.get(*k)).cloned();
+            *k += 1;
+            id
+        })
+        .collect())
+}
+
+/// Puts `"deviceID": id` into the delegate's config as Multus does: into
+/// its first plugin config (the only one of a single plugin config).
+pub fn set_device_id(delegate: &mut Delegate, id: &str) {
+    if let Some(Value::Object(first)) = delegate.list.plugins.first_mut() {
+        first.insert("deviceID".to_string(), Value::from(id));
+    }
+}
+
 /// The addresses of an ADD result with their prefix lengths (empty when
 /// it does not parse).
 pub fn result_ips(result: &Value) -> Vec<IpNet> {
@@ -337,6 +416,91 @@ mod tests {
         ds[0].gateways = vec!["10.244.0.1".parse().unwrap()];
         let e = check_gateways(&mut ds).unwrap_err();
         assert!(e.contains("2 IPv4"), "{e}");
+    }
+
+    #[test]
+    fn devices_go_to_the_elements_of_their_resource_in_pci_order() {
+        let allocation = BTreeMap::from([
+            (
+                "intel.com/a".to_string(),
+                vec![
+                    "0000:3b:02.1".to_string(),
+                    "0000:3b:01.7".to_string(),
+                    "0000:3b:02.0".to_string(),
+                ],
+            ),
+            ("intel.com/b".to_string(), vec!["0000:3c:01.0".to_string()]),
+        ]);
+        let got = device_ids(
+            &[
+                ("default/a1", Some("intel.com/a")),
+                ("default/plain", None),
+                ("default/b", Some("intel.com/b")),
+                ("default/a2", Some("intel.com/a")),
+            ],
+            &allocation,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Some("0000:3b:01.7".to_string()),
+                None,
+                Some("0000:3c:01.0".to_string()),
+                Some("0000:3b:02.0".to_string()),
+            ]
+        );
+        // The kubelet's order does not matter.
+        let mut reversed = allocation.clone();
+        for ids in reversed.values_mut() {
+            ids.reverse();
+        }
+        let again = device_ids(
+            &[
+                ("default/a1", Some("intel.com/a")),
+                ("default/plain", None),
+                ("default/b", Some("intel.com/b")),
+                ("default/a2", Some("intel.com/a")),
+            ],
+            &reversed,
+        )
+        .unwrap();
+        assert_eq!(again, got);
+        assert_eq!(
+            device_ids(&[("default/plain", None)], &BTreeMap::new()).unwrap(),
+            vec![None]
+        );
+    }
+
+    #[test]
+    fn too_few_devices_name_the_resource_and_what_to_request() {
+        let allocation =
+            BTreeMap::from([("intel.com/b".to_string(), vec!["0000:3c:01.0".to_string()])]);
+        let e = device_ids(
+            &[
+                ("default/b1", Some("intel.com/b")),
+                ("default/b2", Some("intel.com/b")),
+            ],
+            &allocation,
+        )
+        .unwrap_err();
+        assert!(e.contains("default/b1, default/b2"), "{e}");
+        assert!(e.contains("request intel.com/b: 2"), "{e}");
+        let e = device_ids(&[("default/c", Some("intel.com/c"))], &allocation).unwrap_err();
+        assert!(e.contains("assigned the Pod 0 device(s)"), "{e}");
+    }
+
+    #[test]
+    fn the_device_id_goes_into_the_first_plugin() {
+        let e = element("vf");
+        let mut d = delegate(
+            &e,
+            r#"{"cniVersion": "1.0.0", "plugins": [{"type": "spur"}, {"type": "tuning"}]}"#,
+        )
+        .unwrap();
+        set_device_id(&mut d, "0000:3b:01.0");
+        assert_eq!(d.list.plugins[0]["deviceID"], "0000:3b:01.0");
+        assert!(d.list.plugins[1].get("deviceID").is_none());
     }
 
     #[test]

@@ -342,6 +342,25 @@ pub fn ovs_access_ports(json: &str) -> Result<Vec<AccessPort>, String> {
     Ok(out)
 }
 
+/// Port name -> access VLAN (0 when untagged), for every port among the
+/// rows of `ovs-vsctl --format=json --columns=name,tag list Port` (the
+/// emulated SR-IOV NICs' representors carry no Spur role).
+pub fn ovs_port_tags(json: &str) -> Result<BTreeMap<String, u16>, String> {
+    let mut out = BTreeMap::new();
+    for (i, row) in ovs_rows(json)?.iter().enumerate() {
+        let name = row
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("row [{i}] has no \"name\""))?;
+        let tag = match ovs_opt_int(row.get("tag")) {
+            None => 0,
+            Some(t) => u16::try_from(t).map_err(|_| format!("port {name}: tag {t} is no VLAN"))?,
+        };
+        out.insert(name.to_string(), tag);
+    }
+    Ok(out)
+}
+
 /// Interface name -> OpenFlow port number, from `ovs-vsctl --format=json
 /// --columns=name,ofport list Interface` (interfaces without a port
 /// number are left out).
@@ -566,5 +585,19 @@ mod tests {
         f6.extend(b"tok-2");
         assert!(frame_matches(&f6, IpAddr::V6(g6), 4242, b"tok"));
         assert!(!frame_matches(&f6, g, 4242, b"tok"));
+    }
+
+    #[test]
+    fn port_tags_of_every_port() {
+        let json = r#"{"data":[["ens1f0r0",100],["ens1f0r1",["set",[]]],["ens1f0u",["set",[]]]],"headings":["name","tag"]}"#;
+        let tags = ovs_port_tags(json).unwrap();
+        assert_eq!(tags.get("ens1f0r0"), Some(&100));
+        assert_eq!(tags.get("ens1f0r1"), Some(&0));
+        assert_eq!(tags.len(), 3);
+        assert!(
+            ovs_port_tags(r#"{"data":[["p",70000]],"headings":["name","tag"]}"#)
+                .unwrap_err()
+                .contains("70000")
+        );
     }
 }
