@@ -405,12 +405,24 @@ async fn an_add_cut_short_after_setting_the_pf_is_undone_by_the_recovery() {
     assert_eq!(host_vfs(&env), pristine());
 }
 
-/// Fails every VF move into a Pod, and every PF write from the `from`-th
-/// on, while armed.
+/// Fails every VF move into a Pod (with `attach`), and every PF write
+/// from the `from`-th on, while armed.
 struct FailVfs {
     armed: std::sync::atomic::AtomicBool,
     pf_writes: std::sync::atomic::AtomicUsize,
     from: usize,
+    attach: bool,
+}
+
+impl FailVfs {
+    fn new(from: usize, attach: bool) -> Arc<FailVfs> {
+        Arc::new(FailVfs {
+            armed: std::sync::atomic::AtomicBool::new(true),
+            pf_writes: std::sync::atomic::AtomicUsize::new(0),
+            from,
+            attach,
+        })
+    }
 }
 
 impl spur_node::fake::FaultHook for FailVfs {
@@ -423,7 +435,7 @@ impl spur_node::fake::FaultHook for FailVfs {
         let armed = self.armed.load(Ordering::SeqCst);
         let fail = armed
             && match point.op {
-                Op::AttachVf => true,
+                Op::AttachVf => self.attach,
                 Op::SetPfSettings => self.pf_writes.fetch_add(1, Ordering::SeqCst) + 1 >= self.from,
                 _ => false,
             };
@@ -453,11 +465,7 @@ async fn a_pf_that_cannot_be_restored_after_a_failed_add_keeps_the_vfs_label() {
     );
     // PF writes of the first VF: its label (1), its settings (2), then the
     // undo's restore (3) fails.
-    let hook = Arc::new(FailVfs {
-        armed: std::sync::atomic::AtomicBool::new(true),
-        pf_writes: std::sync::atomic::AtomicUsize::new(0),
-        from: 3,
-    });
+    let hook = FailVfs::new(3, true);
     env.links.set_fault_hook(Some(hook.clone()));
     let e = env.agent.handle(&request(Command::Add)).await.unwrap_err();
     assert!(e.msg.contains("injected"), "{}", e.msg);
@@ -483,11 +491,7 @@ async fn an_add_that_finds_a_vf_left_labelled_records_its_true_original() {
     // original, and its DEL "restored" them.
     let env = env().await;
     both_devices(&env);
-    let hook = Arc::new(FailVfs {
-        armed: std::sync::atomic::AtomicBool::new(true),
-        pf_writes: std::sync::atomic::AtomicUsize::new(0),
-        from: 3,
-    });
+    let hook = FailVfs::new(3, true);
     env.links.set_fault_hook(Some(hook.clone()));
     env.agent.handle(&request(Command::Add)).await.unwrap_err();
     hook.armed.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -499,4 +503,42 @@ async fn an_add_that_finds_a_vf_left_labelled_records_its_true_original() {
         env.links.snapshot().pf_vfs[&("ens1f0".to_string(), 0)].mac,
         None
     );
+}
+
+#[tokio::test]
+async fn a_failed_add_whose_pf_cannot_be_restored_leaves_the_vfs_to_its_del() {
+    // Found by the simulator (sriov-fabric, chaos seed 154): the Pod's
+    // network-status write failed after both VFs were in the Pod; the undo
+    // moved each VF home (clearing its record), then could not restore its
+    // PF, and the settings stayed with nobody to restore them.
+    use spur_kubeapi::faults::{Fault, Matcher};
+    let env = env().await;
+    both_devices(&env);
+    // PF writes: label and settings of each VF (1-4), then the undo's
+    // restores fail.
+    let hook = FailVfs::new(5, false);
+    env.links.set_fault_hook(Some(hook.clone()));
+    let pod_writes = Matcher {
+        methods: vec!["PATCH".into()],
+        resource: Some("pods".into()),
+        path_contains: Some("/pods/web".into()),
+    };
+    env.server
+        .faults()
+        .next(pod_writes, Fault::Status(503), 1000);
+    let e = env.agent.handle(&request(Command::Add)).await.unwrap_err();
+    assert!(e.msg.contains("network-status"), "{}", e.msg);
+    env.server.faults().clear();
+    hook.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+    // The VFs stay in the Pod with their records: the DEL that follows a
+    // failed ADD restores everything.
+    let snap = env.links.snapshot();
+    assert_eq!(snap.netns[Path::new(NETNS)].len(), 2, "{snap:?}");
+    env.agent.handle(&request(Command::Del)).await.unwrap();
+    assert_eq!(host_vfs(&env), pristine());
+    assert_eq!(
+        env.links.snapshot().pf_vfs[&("ens1f0".to_string(), 0)].mac,
+        None
+    );
+    assert!(stored(&env.server).is_empty());
 }

@@ -120,3 +120,13 @@ fn a_vf_a_vm_node_cannot_set_up_never_holds_an_address() {
 fn an_add_gives_a_labelled_vf_back_before_recording_its_original() {
     passes_with("sriov-ovs-mixed", 30, Profile::Chaos);
 }
+
+/// The Pod's network-status write failed after its VFs were in the Pod,
+/// and so did putting their PFs back; the undo had moved the VFs home
+/// (clearing their records) first, so nobody could restore the PFs (fixed:
+/// the PF is restored while the VF still carries its record, and a PF that
+/// could not be restored leaves its VF to the DEL that follows).
+#[test]
+fn a_failed_add_restores_the_pf_before_bringing_the_vf_home() {
+    passes_with("sriov-fabric", 154, Profile::Chaos);
+}

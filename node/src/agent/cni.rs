@@ -626,6 +626,7 @@ impl Agent {
             });
             labelled.map_err(|e| link_error(&format!("network {}: VF {pci}", plan.network), &e))?;
         }
+        let pf_undo_at = undo.len();
         if let Some(set) = &vp.through_pf {
             let done = b.vfs.set_pf_settings(&set.pf, set.index, &set.set).await;
             // Recorded before the answer: the PF may have taken part of it.
@@ -662,10 +663,14 @@ impl Agent {
                 &e,
             )
         })?;
+        // Undone in reverse: the PF's settings go back while the VF in the
+        // Pod still carries its record, then the VF comes home.
+        let pf_undo = (undo.len() > pf_undo_at).then(|| undo.remove(pf_undo_at));
         undo.push(Undo::Vf {
             netns: spec.netns.clone(),
             ifname: spec.ifname.clone(),
         });
+        undo.extend(pf_undo);
         let mut config = config;
         if spec.mac.is_none() {
             // A VM node's VF keeps the MAC the hypervisor gave it: the
@@ -757,12 +762,13 @@ impl Agent {
     }
 
     async fn undo(&self, steps: Vec<Undo>) {
-        // A PF whose settings could not be put back keeps its VF's label:
-        // the record is what the recovery restores the PF from.
-        let mut keep_labels = false;
+        // A PF whose settings could not be put back leaves its VF where it
+        // is, with its record: the DEL that follows a failed ADD, or the
+        // recovery, restores the PF from it.
+        let mut keep_vf_records = false;
         for step in steps.into_iter().rev() {
-            if keep_labels && matches!(step, Undo::VfLabel { .. }) {
-                tracing::warn!(step = ?step, "VF left labelled for the recovery to restore");
+            if keep_vf_records && matches!(step, Undo::VfLabel { .. } | Undo::Vf { .. }) {
+                tracing::warn!(step = ?step, "VF left with its record for the DEL or the recovery");
                 continue;
             }
             let res = match &step {
@@ -811,7 +817,7 @@ impl Agent {
                     .map_err(|e| e.to_string()),
             };
             if let Err(e) = res {
-                keep_labels |= matches!(step, Undo::PfSettings { .. });
+                keep_vf_records |= matches!(step, Undo::PfSettings { .. });
                 tracing::warn!(step = ?step, error = %e, "undoing a failed ADD step failed; the sweep retries");
             }
         }
