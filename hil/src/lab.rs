@@ -1453,6 +1453,7 @@ impl Lab {
             original: host.to_string(),
             was_up,
         };
+        // On disk first, so a crash in between still finds it.
         let file = self.plan.dir.join(REAL_NICS_FILE);
         fs::OpenOptions::new()
             .create(true)
@@ -1465,6 +1466,8 @@ impl Lab {
             n.name
         );
         self.ip(&doing, &["link", "set", host, "down"])?;
+        // One request moves and renames, so a host interface named like
+        // the testbed's is no obstacle.
         self.ip(
             &doing,
             &["link", "set", host, "netns", &n.netns, "name", name],
@@ -1480,57 +1483,7 @@ impl Lab {
             spec: spec.clone(),
             reason,
         };
-        let shown = Cmd::new("ip", format!("looking at host interface {host}"))
-            .args(["-j", "addr", "show", "dev", host])
-            .run()
-            .map_err(|e| bad(format!("the host has no such interface ({e})")))?;
-        let info: Value = serde_json::from_str(&shown).unwrap_or(Value::Null);
-        let link = &info[0];
-        let addrs: Vec<String> = link["addr_info"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|a| a["scope"].as_str() != Some("link"))
-            .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"])))
-            .collect();
-        if !addrs.is_empty() {
-            return Err(bad(format!(
-                "it has addresses ({}): only a dedicated lab NIC without addresses may be moved \
-                 into a lab",
-                addrs.join(", ")
-            )));
-        }
-        let was_up = link["flags"]
-            .as_array()
-            .is_some_and(|f| f.iter().any(|x| x == "UP"));
-        let moved = MovedNic {
-            netns: n.netns.clone(),
-            name: nic.name.clone(),
-            original: host.to_string(),
-            was_up,
-        };
-        // On disk first, so a crash in between still finds it.
-        let file = self.plan.dir.join(REAL_NICS_FILE);
-        fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&file)
-            .and_then(|mut f| f.write_all(moved.to_line().as_bytes()))
-            .map_err(io_err("recording a moved real NIC", &file))?;
-        let doing = format!(
-            "moving host interface {host} into node {} as {}",
-            n.name, nic.name
-        );
-        self.ip(&doing, &["link", "set", host, "down"])?;
-        // One request moves and renames, so a host interface named like
-        // the testbed NIC is no obstacle.
-        self.ip(
-            &doing,
-            &["link", "set", host, "netns", &n.netns, "name", &nic.name],
-        )?;
-        self.cleanup.push(Undo::RealNic(moved));
-        self.ip(&doing, &["-n", &n.netns, "link", "set", &nic.name, "up"])?;
-        Ok(())
+        self.move_real_link(n, host, &nic.name, &bad)
     }
 
     fn build_fabric(&self, progress: &Progress) -> Result<(), LabError> {
