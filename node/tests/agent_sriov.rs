@@ -39,6 +39,7 @@ struct Env {
     agent: Arc<Agent>,
     links: Arc<FakeLinks>,
     resources: Arc<StaticPodResources>,
+    cluster: KubeCluster,
     _sysfs: tempfile::TempDir,
 }
 
@@ -133,24 +134,30 @@ async fn env() -> Env {
         agent,
         links,
         resources,
+        cluster,
         _sysfs: dir,
     }
 }
 
 fn request(command: Command) -> AgentRequest {
+    request_for("web", NETNS, command)
+}
+
+/// A native request for the Pod `default/<pod>` in `netns`.
+fn request_for(pod: &str, netns: &str, command: Command) -> AgentRequest {
     let mut args = BTreeMap::new();
     args.insert("K8S_POD_NAMESPACE".to_string(), "default".to_string());
-    args.insert("K8S_POD_NAME".to_string(), "web".to_string());
+    args.insert("K8S_POD_NAME".to_string(), pod.to_string());
     AgentRequest {
         proto: PROTO_VERSION,
         command,
-        container_id: Some("cid-web".into()),
-        netns: Some(NETNS.into()),
+        container_id: Some(format!("cid-{pod}")),
+        netns: Some(netns.into()),
         ifname: Some("eth0".into()),
         args,
         config: json!({"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "spur",
             "prevResult": {"cniVersion": "1.0.0",
-              "interfaces": [{"name": "eth0", "mac": "aa:00:00:00:00:02", "sandbox": NETNS}],
+              "interfaces": [{"name": "eth0", "mac": "aa:00:00:00:00:02", "sandbox": netns}],
               "ips": [{"address": "10.244.0.5/24", "interface": 0}], "dns": {}}}),
         cni_version: CniVersion::V1_0_0,
     }
@@ -540,5 +547,169 @@ async fn a_failed_add_whose_pf_cannot_be_restored_leaves_the_vfs_to_its_del() {
         env.links.snapshot().pf_vfs[&("ens1f0".to_string(), 0)].mac,
         None
     );
+    assert!(stored(&env.server).is_empty());
+}
+
+/// Holds the `nth` PF write (labels included, counted from 1) until
+/// `release` is notified (`reached` says it got there): whoever makes it
+/// stops there, holding the claim of the VF it writes for.
+struct HoldPfWrite {
+    nth: usize,
+    writes: std::sync::atomic::AtomicUsize,
+    reached: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl HoldPfWrite {
+    fn new(nth: usize) -> Arc<HoldPfWrite> {
+        Arc::new(HoldPfWrite {
+            nth,
+            writes: std::sync::atomic::AtomicUsize::new(0),
+            reached: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        })
+    }
+}
+
+impl spur_node::fake::FaultHook for HoldPfWrite {
+    fn at<'a>(
+        &'a self,
+        point: &'a spur_node::fake::FaultPoint,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        let hold = point.op == spur_node::fake::Op::SetPfSettings
+            && self
+                .writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1
+                == self.nth;
+        Box::pin(async move {
+            if hold {
+                self.reached.notify_one();
+                self.release.notified().await;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_recovery_leaves_alone_a_vf_an_add_took_after_its_listing() {
+    // A recovery lists the labelled VFs of the host, then claims and
+    // gives back each in turn. While it gave back the first, an ADD gave
+    // back the second and set it up for its Pod (VLAN 300); the recovery
+    // then claimed that VF and "restored" its PF from the record it had
+    // listed: the Pod's VF went untagged.
+    use spur_node::sriov::vf::{VfLinks, VfRecord};
+    const ONE_NETNS: &str = "/var/run/netns/test-one";
+    let env = env().await;
+    // Both VFs left labelled and tagged by ADDs that died.
+    for (index, name, pci) in [
+        (0, "ens1f0v0", "0000:3b:02.0"),
+        (1, "ens1f0v1", "0000:3b:02.1"),
+    ] {
+        let before = env.links.pf_settings("ens1f0", index).await.unwrap();
+        let record = VfRecord {
+            name: name.into(),
+            pci: pci.parse().unwrap(),
+            parent: Some(("ens1f0".into(), index)),
+            pf: before,
+        };
+        env.links.label_host_vf(name, &record).await.unwrap();
+        let mut tagged = before;
+        tagged.vlan = 300;
+        env.links
+            .set_pf_settings("ens1f0", index, &tagged)
+            .await
+            .unwrap();
+    }
+    // Pod `one` takes one VF of the network: VF 1.
+    let pods: Api<Pod> = Api::namespaced(client(&env.server), "default");
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "one", "namespace": "default",
+                     "annotations": {"k8s.v1.cni.cncf.io/networks": "vf-a"}},
+        "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "x"}]}}))
+    .unwrap();
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    wait_until(|| env.cluster.cached_pod("default", "one").is_some()).await;
+    env.links.add_netns(Path::new(ONE_NETNS));
+    env.resources.set(
+        "default",
+        "one",
+        BTreeMap::from([(
+            "intel.com/sriov_a".to_string(),
+            vec!["0000:3b:02.1".to_string()],
+        )]),
+    );
+
+    // A recovery lists both VFs and stops in VF 0's PF write.
+    let hook = HoldPfWrite::new(1);
+    env.links.set_fault_hook(Some(hook.clone()));
+    let agent = env.agent.clone();
+    let recovery = tokio::spawn(async move { agent.recover_vfs().await });
+    hook.reached.notified().await;
+    // Meanwhile the ADD of `one` gives VF 1 back and sets it up.
+    env.agent
+        .handle(&request_for("one", ONE_NETNS, Command::Add))
+        .await
+        .unwrap();
+    assert_eq!(
+        env.links.snapshot().pf_vfs[&("ens1f0".to_string(), 1)].vlan,
+        300
+    );
+    hook.release.notify_one();
+    assert_eq!(recovery.await.unwrap().unwrap(), 1, "VF 0 only");
+
+    let snap = env.links.snapshot();
+    assert_eq!(snap.netns[Path::new(ONE_NETNS)].len(), 1, "{snap:?}");
+    assert_eq!(
+        snap.pf_vfs[&("ens1f0".to_string(), 1)].vlan,
+        300,
+        "the Pod's VF keeps its VLAN"
+    );
+    assert_eq!(snap.pf_vfs[&("ens1f0".to_string(), 0)].vlan, 0);
+    env.agent
+        .handle(&request_for("one", ONE_NETNS, Command::Del))
+        .await
+        .unwrap();
+    assert_eq!(host_vfs(&env), pristine());
+    assert!(stored(&env.server).is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_claim_leaves_the_holders_claim_alone() {
+    // Found by the simulator (sriov-ovs-mixed, chaos seed 35): three DELs
+    // ran the VF recovery while an ADD had labelled its VF and was setting
+    // it up. The first recovery's claim of that VF was refused, but the
+    // refusal released the ADD's claim (`bool::then_some` built the claim
+    // guard anyway and dropped it); the second recovery then claimed the
+    // VF and restored its PF from the ADD's record: the Pod's VF went
+    // untagged.
+    let env = env().await;
+    both_devices(&env);
+    // The ADD's PF writes: VF 0's label (1), then its settings (2), where
+    // it stops, VF 0 labelled in the host and claimed.
+    let hook = HoldPfWrite::new(2);
+    env.links.set_fault_hook(Some(hook.clone()));
+    let agent = env.agent.clone();
+    let add = tokio::spawn(async move { agent.handle(&request(Command::Add)).await });
+    hook.reached.notified().await;
+    assert!(
+        host_vfs(&env)[0].1.starts_with("spur-vf "),
+        "{:?}",
+        host_vfs(&env)
+    );
+    // Two recoveries (of two DELs) meet the labelled VF: neither may take
+    // it from the ADD.
+    assert_eq!(env.agent.recover_vfs().await.unwrap(), 0);
+    assert_eq!(env.agent.recover_vfs().await.unwrap(), 0);
+    hook.release.notify_one();
+    add.await.unwrap().unwrap();
+
+    let snap = env.links.snapshot();
+    assert_eq!(snap.netns[Path::new(NETNS)].len(), 2, "{snap:?}");
+    assert_eq!(snap.pf_vfs[&("ens1f0".to_string(), 0)].vlan, 300);
+    assert_eq!(snap.pf_vfs[&("ens1f0".to_string(), 1)].vlan, 300);
+    env.agent.handle(&request(Command::Del)).await.unwrap();
+    assert_eq!(host_vfs(&env), pristine());
     assert!(stored(&env.server).is_empty());
 }

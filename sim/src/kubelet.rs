@@ -584,14 +584,17 @@ impl Kubelet {
     }
 
     /// The node rebooted: every sandbox is gone (the world has wiped the
-    /// node's namespaces and links), and so is `host-local`'s state. The
-    /// running [`Kubelet::run`] restarts its Pod workers, which make new
-    /// sandboxes (new container IDs), retrying while the agent is down.
+    /// node's namespaces and links), and so is `host-local`'s state. No Pod
+    /// is ready until its new sandbox is (a Pod that was ready is being
+    /// set up again). The running [`Kubelet::run`] restarts its Pod
+    /// workers, which make new sandboxes (new container IDs), retrying
+    /// while the agent is down.
     pub fn node_rebooted(&self) {
         {
             let mut view = lock(&self.inner.view);
             for v in view.values_mut() {
                 v.sandbox = None;
+                v.ready = false;
             }
         }
         lock(&self.inner.primary).clear();

@@ -322,7 +322,9 @@ impl Agent {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(pci);
-        fresh.then_some(VfClaim { agent: self, pci })
+        // Lazily: a refused claim must not build a `VfClaim`, whose drop
+        // would release the holder's claim (`then_some` builds it anyway).
+        fresh.then(|| VfClaim { agent: self, pci })
     }
 
     /// Why the agent cannot serve ADD now, if it cannot.

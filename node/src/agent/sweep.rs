@@ -164,8 +164,25 @@ impl Agent {
             .map_err(|e| format!("listing the VFs of the node: {e}"))?;
         let mut errors = Vec::new();
         let mut restored = 0;
-        for (netdev, record) in host {
-            let Some(_claim) = self.claim_vf(record.pci) else {
+        for (_, listed) in host {
+            let Some(_claim) = self.claim_vf(listed.pci) else {
+                continue;
+            };
+            // The list was read before the claim: since then another
+            // recovery or an ADD may have given the VF back, and an ADD
+            // may have set it up for its Pod. Its old record would put the
+            // PF's settings back under that Pod: read it again, now that
+            // nobody else acts on it.
+            let now = match b.vfs.host_vfs().await {
+                Ok(now) => now,
+                Err(e) => {
+                    errors.push(format!("reading VF {} again: {e}", listed.pci));
+                    continue;
+                }
+            };
+            let Some((netdev, record)) = still_labelled(now, &listed) else {
+                tracing::debug!(pci = %listed.pci, name = %listed.name,
+                    "VF no longer left on the node: already given back");
                 continue;
             };
             match self.give_back_host_vf(b, &netdev, &record).await {
@@ -182,8 +199,11 @@ impl Agent {
     }
 
     /// Gives back one labelled VF of the host (the caller holds its
-    /// claim): the PF's settings from `record`, then the VF's name, the
-    /// label last. `Ok(false)` when the VF was no longer there labelled.
+    /// claim, and read `netdev` and `record` from the host after taking
+    /// it: a record read before may be that of a VF already given back and
+    /// handed to a Pod since): the PF's settings from `record`, then the
+    /// VF's name, the label last. `Ok(false)` when the VF was no longer
+    /// there labelled.
     pub(crate) async fn give_back_host_vf(
         &self,
         b: &super::SriovBackends,
@@ -237,6 +257,17 @@ impl Agent {
     }
 }
 
+/// The entry of the VF `listed` names (by PCI address) in `now`, a fresh
+/// reading of the host's labelled VFs: `None` when that VF is no longer in
+/// the host with a Spur record (given back, or moved into a Pod since
+/// `listed` was read).
+fn still_labelled(
+    now: Vec<(String, crate::sriov::vf::VfRecord)>,
+    listed: &crate::sriov::vf::VfRecord,
+) -> Option<(String, crate::sriov::vf::VfRecord)> {
+    now.into_iter().find(|(_, r)| r.pci == listed.pci)
+}
+
 /// Runs the bridge reconciliation and the stale sweep every `period`
 /// (level-driven: each pass compares the whole state), first taking the
 /// newest config from `source` (see [`ConfigSource`]) so that a changed
@@ -272,5 +303,45 @@ pub async fn resync_once(agent: &Agent, source: &mut ConfigSource) {
     }
     if let Err(e) = agent.ipam().settle().await {
         tracing::debug!(error = %e, "IPAM work left over");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a panic is a failure
+
+    use super::still_labelled;
+    use crate::sriov::vf::{PfVfSettings, VfRecord};
+
+    fn record(name: &str, pci: &str, vlan: u16) -> VfRecord {
+        VfRecord {
+            name: name.into(),
+            pci: pci.parse().unwrap(),
+            parent: Some(("ens1f0".into(), 1)),
+            pf: PfVfSettings {
+                vlan,
+                ..PfVfSettings::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_vf_given_back_since_the_listing_is_left_alone() {
+        let listed = record("ens1f0v1", "0000:3b:02.1", 0);
+        let other = record("ens1f0v0", "0000:3b:02.0", 0);
+        assert_eq!(still_labelled(vec![("eth1".into(), other)], &listed), None);
+        assert_eq!(still_labelled(Vec::new(), &listed), None);
+    }
+
+    #[test]
+    fn the_fresh_reading_wins_over_the_listing() {
+        // Given back and labelled again by an ADD that died: the name and
+        // the record are today's, not the listing's.
+        let listed = record("ens1f0v1", "0000:3b:02.1", 0);
+        let now = record("ens1f0v1", "0000:3b:02.1", 42);
+        assert_eq!(
+            still_labelled(vec![("net1".into(), now.clone())], &listed),
+            Some(("net1".into(), now))
+        );
     }
 }
