@@ -40,6 +40,7 @@ use spur_core::status::{self, NetworkStatus};
 use spur_core::Subject;
 use std::collections::BTreeMap;
 
+use super::cluster::PodInfo;
 use super::{port_external_ids, port_keys, Agent};
 use crate::ipam::{AllocateRequest, Allocated, IpamError};
 use crate::netdev::{RouteSpec, VethSpec};
@@ -212,6 +213,21 @@ impl Agent {
         }
     }
 
+    /// The call's Pod as the API (through the cache) has it; a Pod that
+    /// does not exist is an unknown container.
+    async fn pod_of(&self, c: &Call) -> Result<PodInfo, CniError> {
+        self.cluster
+            .pod(&c.pod.namespace, &c.pod.name)
+            .await
+            .map_err(|e| CniError::try_again_later(e.to_string()))?
+            .ok_or_else(|| {
+                CniError::unknown_container(format!(
+                    "Pod {}/{} does not exist",
+                    c.pod.namespace, c.pod.name
+                ))
+            })
+    }
+
     async fn add(&self, req: &AgentRequest) -> Result<Value, CniError> {
         if let Some(why) = self.not_ready_reason() {
             return Err(CniError::try_again_later(format!(
@@ -221,17 +237,7 @@ impl Agent {
         }
         let mut c = call(req)?;
         let role = role(&req.config)?;
-        let info = self
-            .cluster
-            .pod(&c.pod.namespace, &c.pod.name)
-            .await
-            .map_err(|e| CniError::try_again_later(e.to_string()))?
-            .ok_or_else(|| {
-                CniError::unknown_container(format!(
-                    "Pod {}/{} does not exist",
-                    c.pod.namespace, c.pod.name
-                ))
-            })?;
+        let info = self.pod_of(&c).await?;
         if let (Some(want), Some(have)) = (&c.pod.uid, &info.uid) {
             if want != have {
                 return Err(CniError::unknown_container(format!(
@@ -927,17 +933,7 @@ impl Agent {
         if matches!(role, Role::Ipam(..)) {
             return Ok(());
         }
-        let info = self
-            .cluster
-            .pod(&c.pod.namespace, &c.pod.name)
-            .await
-            .map_err(|e| CniError::try_again_later(e.to_string()))?
-            .ok_or_else(|| {
-                CniError::unknown_container(format!(
-                    "Pod {}/{} does not exist",
-                    c.pod.namespace, c.pod.name
-                ))
-            })?;
+        let info = self.pod_of(&c).await?;
         let ns_ann = self.cluster.namespace_annotations(&c.pod.namespace);
         let view = PodView {
             namespace: &c.pod.namespace,
