@@ -669,25 +669,7 @@ impl Kubelet {
             .block_on(api.get_opt(name))
             .map_err(|e| format!("cannot read NetworkAttachmentDefinition {ns}/{name}: {e}"))?
             .ok_or_else(|| format!("NetworkAttachmentDefinition {ns}/{name} not found"))?;
-        let resource = obj
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(multus::RESOURCE_NAME_ANNOTATION))
-            .map(|r| r.trim().to_string())
-            .filter(|r| !r.is_empty());
-        obj.data
-            .get("spec")
-            .and_then(|s| s.get("config"))
-            .and_then(Value::as_str)
-            .filter(|c| !c.trim().is_empty())
-            .map(|c| (c.to_string(), resource))
-            .ok_or_else(|| {
-                format!(
-                    "NetworkAttachmentDefinition {ns}/{name} has no spec.config (configs from \
-                     files on the node are not supported)"
-                )
-            })
+        multus::nad_parts(&obj, ns, name)
     }
 
     /// Sets (or, with `None`, removes) the Pod's network-status

@@ -248,6 +248,36 @@ pub fn network_status(delegate: &Delegate, result: &Value) -> NetworkStatus {
     status
 }
 
+/// What Multus reads of a NetworkAttachmentDefinition `ns/name`: its
+/// `spec.config` and its device-plugin resource (the
+/// [`RESOURCE_NAME_ANNOTATION`], when set). A NAD without a config (Multus
+/// can read one from files on the node) is an error naming it.
+pub fn nad_parts(
+    obj: &kube::api::DynamicObject,
+    ns: &str,
+    name: &str,
+) -> Result<(String, Option<String>), String> {
+    let resource = obj
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RESOURCE_NAME_ANNOTATION))
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    obj.data
+        .get("spec")
+        .and_then(|s| s.get("config"))
+        .and_then(Value::as_str)
+        .filter(|c| !c.trim().is_empty())
+        .map(|c| (c.to_string(), resource))
+        .ok_or_else(|| {
+            format!(
+                "NetworkAttachmentDefinition {ns}/{name} has no spec.config (configs from \
+                 files on the node are not supported)"
+            )
+        })
+}
+
 /// The NetworkAttachmentDefinition annotation naming the device-plugin
 /// resource its network's devices come from.
 pub const RESOURCE_NAME_ANNOTATION: &str = "k8s.v1.cni.cncf.io/resourceName";
